@@ -1,0 +1,413 @@
+"""The attribution engine: one method, one target, exact through MONAI sliding windows.
+
+:class:`Explainer` is the public entry point. For a batch ``x`` it
+
+1. plans the windows as ``sliding_window_inference`` would (:mod:`esegeta_monai.windows`);
+2. computes the target's output gradient ``G`` — from a no-grad sliding-window prediction
+   when the target reads the prediction (argmax, Otsu), from the output shape otherwise;
+3. lets the method drive a :class:`WindowPass`, which runs each window batch with the
+   window's share ``w_p ⊙ crop_p(G / W)`` of that gradient and sums the window results
+   into the volume, skipping windows whose share is zero;
+4. applies the method's non-linear post-processing once, to the sum.
+
+Parameters are frozen and the network is put in eval mode during the call (both restored
+afterwards); gradients are enabled even when called under ``torch.no_grad()``.
+
+Example:
+    >>> import torch
+    >>> from monai.networks.nets import UNet
+    >>> from esegeta_monai import Explainer
+    >>> from esegeta_monai.targets import ArgmaxRegion
+    >>> net = UNet(3, 1, 2, (4, 8), (2,), num_res_units=0)
+    >>> explainer = Explainer(net, "saliency", ArgmaxRegion(1), roi_size=(16, 16, 16), overlap=0.5, abs=False)
+    >>> explainer(torch.rand(2, 1, 20, 24, 24)).shape
+    torch.Size([2, 1, 20, 24, 24])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from tqdm.auto import tqdm
+
+from esegeta_monai.errors import InputError, MethodTimeout, TargetError
+from esegeta_monai.methods import Method, get_method
+from esegeta_monai.targets import Target, parse_targets
+from esegeta_monai.windows import WindowPlan, plan_windows
+
+__all__ = ["Explainer", "WindowPass", "first_output", "frozen_eval"]
+
+logger = logging.getLogger(__name__)
+
+
+def first_output(output):
+    """The first tensor of a network output (tensor, tuple/list or dict, e.g. deep supervision)."""
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, dict):
+        return first_output(next(iter(output.values())))
+    if isinstance(output, (list, tuple)) and output:
+        return first_output(output[0])
+    raise TypeError(f"network returned {type(output).__name__}, expected a tensor")
+
+
+@contextlib.contextmanager
+def frozen_eval(network: torch.nn.Module):
+    """Eval mode and ``requires_grad=False`` on every parameter, restored on exit."""
+    was_training = network.training
+    flags = [(p, p.requires_grad) for p in network.parameters()]
+    network.eval()
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield network
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        network.train(was_training)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """float16 on CUDA, bfloat16 elsewhere (CPU autocast supports bfloat16)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+class WeightedOutput(torch.nn.Module):
+    """``x, C -> Σ_spatial,channels net(x) ⊙ C``: one scalar per window, what Captum attributes.
+
+    The forward runs under autocast when ``amp`` is set; the product is taken in float32.
+    """
+
+    def __init__(self, network: torch.nn.Module, amp: bool = False):
+        super().__init__()
+        self.network = network
+        self.amp = amp
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=self.amp):
+            output = first_output(self.network(x))
+        return (output.float() * weight).flatten(1).sum(1)
+
+
+WindowFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+class WindowPass:
+    """Runs a linear window function over every window of one batch and sums the results.
+
+    ``linear(inputs, window_fn)`` calls ``window_fn(module, x_win, weight_win, crops)``
+    for each batch of windows, where ``module(x_win, weight_win)`` is the window's share
+    of the target and ``crops`` holds the window crops of full-size tensors (baselines).
+    It returns the summed attribution on the unpadded input grid.
+    """
+
+    def __init__(
+        self,
+        module: WeightedOutput,
+        plan: WindowPlan,
+        target: Target,
+        output_weights: torch.Tensor | None,
+        sw_batch_size: int = 1,
+        local: bool = False,
+        progress: bool = False,
+        deadline: float | None = None,
+        label: str = "",
+    ):
+        self.module = module
+        self.plan = plan
+        self.target = target
+        self.output_weights = output_weights  # G / W on the padded grid (or G if single window)
+        self.sw_batch_size = max(int(sw_batch_size), 1)
+        self.local = local
+        self.progress = progress
+        self.deadline = deadline
+        self.label = label
+        self.windows_run = 0
+
+    def _active_windows(self, batch: int) -> list[tuple[int, tuple[slice, ...]]]:
+        pairs = [(b, window) for b in range(batch) for window in self.plan.slices]
+        if self.output_weights is None or self.output_weights.ndim == 2:
+            return pairs
+        return [(b, w) for b, w in pairs if bool(self.output_weights[(slice(b, b + 1), slice(None), *w)].any())]
+
+    def _groups(self, pairs):
+        size = len(pairs) if self.plan.single else self.sw_batch_size
+        for start in range(0, len(pairs), size):
+            yield pairs[start : start + size]
+
+    def _check_deadline(self, done: int, total: int) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise MethodTimeout(f"{self.label}: time budget exceeded after {done}/{total} window batches")
+
+    def linear(self, inputs: torch.Tensor, window_fn: WindowFn, window_tensors: dict[str, torch.Tensor] | None = None):
+        plan = self.plan
+        padded = plan.pad_input(inputs)
+        full = {k: plan.pad_input(_expand_like(v, inputs)) for k, v in (window_tensors or {}).items()}
+        total = torch.zeros(padded.shape, dtype=torch.float32, device=padded.device)
+        pairs = self._active_windows(inputs.shape[0])
+        groups = list(self._groups(pairs))
+        importance = plan.window_weights(padded.device)
+        bar = tqdm(total=len(pairs), desc=self.label or "windows", unit="win", disable=not self.progress, leave=False)
+        try:
+            for done, group in enumerate(groups):
+                self._check_deadline(done, len(groups))
+                x_win = _gather(padded, group).requires_grad_(True)
+                crops = {k: _gather(v, group) for k, v in full.items()}
+                weight = self._window_weights(x_win, group, importance)
+                attribution = window_fn(self.module, x_win, weight, crops).float()
+                if self.local:
+                    attribution = attribution * importance
+                for (b, window), value in zip(group, attribution):
+                    total[(slice(b, b + 1), slice(None), *window)] += value
+                self.windows_run += len(group)
+                bar.update(len(group))
+        finally:
+            bar.close()
+        if self.local:
+            total = total / plan.normaliser
+        return self._unpad(total, inputs)
+
+    def _window_weights(self, x_win, group, importance):
+        if not self.local:
+            if self.output_weights.ndim == 2:  # classification: (B, K)
+                return self.output_weights[[b for b, _ in group]]
+            return _gather(self.output_weights, group) * (1.0 if self.plan.single else importance)
+        # local: each window against its own output (TorchEsegeta's patch behaviour)
+        if self.target.needs_prediction:
+            with torch.no_grad():
+                return self.target.weights(first_output(self.module.network(x_win)).float())
+        return _gather(self.output_weights, group)
+
+    def _unpad(self, total: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        if not any(plan.pad):
+            return total
+        if plan.padding_mode == "constant":
+            return plan.unpad(total)
+        # adjoint of a reflect/replicate/circular pad: gradient of the pad itself
+        with torch.enable_grad():
+            probe = torch.zeros_like(inputs, dtype=torch.float32, requires_grad=True)
+            (adjoint,) = torch.autograd.grad(plan.pad_input(probe), probe, grad_outputs=total)
+        return adjoint
+
+
+def _gather(volume: torch.Tensor, group) -> torch.Tensor:
+    return torch.cat([volume[(slice(b, b + 1), slice(None), *window)] for b, window in group])
+
+
+def _expand_like(value: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    value = value.to(device=inputs.device, dtype=inputs.dtype)
+    try:
+        return torch.broadcast_to(value, inputs.shape)
+    except RuntimeError:
+        raise InputError(f"a tensor argument of shape {tuple(value.shape)} does not broadcast to the input {tuple(inputs.shape)}") from None
+
+
+class Explainer:
+    """Explain ``network``'s ``target`` with ``method``, exactly through sliding windows.
+
+    Args:
+        network: a PyTorch module ``(B, C, *spatial) -> (B, K, *spatial)`` (segmentation)
+            or ``(B, K)`` (classification).
+        method: a registered method name (``esegeta methods``) or a :class:`Method`.
+        target: a :class:`~esegeta_monai.targets.Target` or a spec such as ``"argmax:1"``.
+        roi_size, overlap, mode, sigma_scale, padding_mode, cval, sw_batch_size: the
+            sliding-window settings, as in ``monai.inferers.SlidingWindowInferer``;
+            ``roi_size=None`` explains the whole image in one window.
+        amp: autocast forwards (float16 on CUDA, bfloat16 on CPU); attributions are
+            accumulated in float32.
+        device: where to compute (default: the network's device).
+        local: explain each window against its own output and blend the window maps
+            with the importance map (the original TorchEsegeta behaviour; not exact).
+        progress: show a tqdm bar over windows.
+        timeout: seconds; the method stops within one window batch past it and raises
+            :class:`~esegeta_monai.errors.MethodTimeout`.
+        method_kwargs: the method's own keywords (e.g. ``abs=False``, ``n_steps=16``).
+
+    Calling the explainer on ``x`` returns attributions shaped like ``x``; a MetaTensor
+    input gives a MetaTensor with the same meta. ``prediction=`` reuses a sliding-window
+    prediction computed elsewhere (e.g. by a bundle's evaluator).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        method: str | Method,
+        target: Target | str,
+        roi_size: Sequence[int] | int | None = None,
+        overlap: Sequence[float] | float = 0.25,
+        mode: str = "gaussian",
+        sw_batch_size: int = 1,
+        amp: bool = False,
+        device: torch.device | str | None = None,
+        local: bool = False,
+        progress: bool = False,
+        timeout: float | None = None,
+        sigma_scale: Sequence[float] | float = 0.125,
+        padding_mode: str = "constant",
+        cval: float = 0.0,
+        **method_kwargs: Any,
+    ):
+        self.network = network
+        self.method = get_method(method) if isinstance(method, str) else method
+        self.options = self.method.validate(method_kwargs)
+        self.target = _single_target(target)
+        self.roi_size = roi_size
+        self.overlap = overlap
+        self.mode = mode
+        self.sigma_scale = sigma_scale
+        self.padding_mode = padding_mode
+        self.cval = cval
+        self.sw_batch_size = int(sw_batch_size)
+        self.amp = bool(amp)
+        self.device = torch.device(device) if device is not None else _module_device(network)
+        self.local = bool(local)
+        self.progress = progress
+        self.timeout = timeout
+        self.last_pass: WindowPass | None = None
+        if self.sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size must be ≥ 1, got {sw_batch_size}")
+
+    # -- public -------------------------------------------------------------------------
+    def __call__(self, inputs: torch.Tensor, prediction: torch.Tensor | None = None) -> torch.Tensor:
+        x = self._check_inputs(inputs)
+        start = time.monotonic()
+        deadline = start + self.timeout if self.timeout else None
+        self.network.to(self.device)
+        with frozen_eval(self.network), torch.enable_grad():
+            plan = self._plan(x)
+            weights = None if self.local and self.target.needs_prediction else self._output_weights(x, plan, prediction)
+            window_pass = WindowPass(
+                WeightedOutput(self.network, self.amp),
+                plan,
+                self.target,
+                weights,
+                sw_batch_size=self.sw_batch_size,
+                local=self.local,
+                progress=self.progress,
+                deadline=deadline,
+                label=f"{self.method.name} {self.target.name}",
+            )
+            attribution = self.method.run(window_pass, x, self.options).float()
+        self.last_pass = window_pass
+        logger.debug("%s %s: %d windows in %.2fs", self.method.name, self.target.name, window_pass.windows_run, time.monotonic() - start)
+        if isinstance(inputs, MetaTensor):
+            return MetaTensor(attribution, meta=inputs.meta, applied_operations=inputs.applied_operations)
+        return attribution
+
+    def predict(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The no-grad sliding-window prediction (MONAI's ``sliding_window_inference``)."""
+        x = self._check_inputs(inputs)
+        self.network.to(self.device)
+        with frozen_eval(self.network), torch.no_grad():
+            return self._predict(x, self._plan(x))
+
+    # -- steps --------------------------------------------------------------------------
+    def _check_inputs(self, inputs) -> torch.Tensor:
+        if not torch.is_tensor(inputs):
+            raise InputError(f"inputs must be a torch tensor (B, C, *spatial), got {type(inputs).__name__}")
+        if inputs.ndim < 3:
+            raise InputError(f"inputs must be (B, C, *spatial) with at least one spatial axis, got shape {tuple(inputs.shape)}")
+        x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+        x = x.detach().to(device=self.device, dtype=torch.float32)
+        if not torch.isfinite(x).all():
+            bad = int((~torch.isfinite(x)).sum())
+            raise InputError(f"inputs contain {bad} NaN/Inf values; clean the image (or load it with nan_policy='zero')")
+        return x
+
+    def _plan(self, x: torch.Tensor) -> WindowPlan:
+        return plan_windows(
+            x.shape[2:], self.roi_size, self.overlap, self.mode, self.sigma_scale, self.padding_mode, self.cval, device=x.device
+        )
+
+    def _predict(self, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
+        def predictor(window):
+            with torch.autocast(window.device.type, dtype=amp_dtype(window.device), enabled=self.amp):
+                return first_output(self.network(window)).float()
+
+        if plan.single and not any(plan.pad):
+            return predictor(x)
+        return sliding_window_inference(
+            x,
+            plan.importance.shape[2:],
+            self.sw_batch_size,
+            predictor,
+            overlap=self.overlap,
+            mode=self.mode,
+            sigma_scale=self.sigma_scale,
+            padding_mode=self.padding_mode,
+            cval=self.cval,
+        )
+
+    def _output_shape(self, x: torch.Tensor, plan: WindowPlan) -> tuple[int, ...]:
+        """Shape of the stitched output, from one window's forward (cached)."""
+        key = (tuple(x.shape[2:]), tuple(plan.importance.shape[2:]))
+        cached = getattr(self, "_shape_cache", {})
+        if key not in cached:
+            with torch.no_grad():
+                window = plan.pad_input(x[:1])[(slice(None), slice(None), *plan.slices[0])]
+                cached[key] = tuple(first_output(self.network(window)).shape[1:])
+            self._shape_cache = cached
+        channels_and_space = cached[key]
+        if len(channels_and_space) == 1:
+            return (x.shape[0], channels_and_space[0])
+        return (x.shape[0], channels_and_space[0], *x.shape[2:])
+
+    def _output_weights(self, x: torch.Tensor, plan: WindowPlan, prediction: torch.Tensor | None) -> torch.Tensor:
+        """The target's output gradient divided by MONAI's normaliser, on the padded grid."""
+        if self.target.needs_prediction:
+            if prediction is None:
+                with torch.no_grad():
+                    prediction = self._predict(x, plan)
+            prediction = (prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction).to(x.device)
+            output = prediction
+        else:
+            output = torch.zeros(self._output_shape(x, plan), device=x.device)
+        _check_output_grid(output, x, plan, self.target)
+        weights = self.target.weights(output)
+        if output.ndim == 2:
+            return weights
+        if plan.single or self.local:  # local mode weights each window by its own output
+            return plan.pad_output(weights)
+        return plan.pad_output(weights) / plan.normaliser
+
+
+def _check_output_grid(output: torch.Tensor, x: torch.Tensor, plan: WindowPlan, target: Target) -> None:
+    if output.shape[0] != x.shape[0]:
+        raise TargetError(f"{target.name}: prediction has batch {output.shape[0]}, inputs have {x.shape[0]}")
+    if output.ndim == 2:
+        if not plan.single:
+            raise TargetError(
+                f"{target.name}: the network returns one vector per image (a classifier); explain it "
+                "with roi_size=None (whole image), not through sliding windows"
+            )
+        return
+    if tuple(output.shape[2:]) != tuple(x.shape[2:]):
+        raise TargetError(
+            f"{target.name}: output spatial shape {tuple(output.shape[2:])} differs from the input's "
+            f"{tuple(x.shape[2:])}; networks that change resolution are not supported yet"
+        )
+
+
+def _single_target(target) -> Target:
+    if isinstance(target, Target):
+        return target
+    if isinstance(target, str):
+        targets = parse_targets(target)
+        if len(targets) != 1:
+            raise TargetError(f"target {target!r} names {len(targets)} classes; an Explainer explains one — loop over parse_targets()")
+        return targets[0]
+    raise TargetError(f"target must be a Target or a spec like 'argmax:1', got {type(target).__name__}")
+
+
+def _module_device(network: torch.nn.Module) -> torch.device:
+    for parameter in network.parameters():
+        return parameter.device
+    return torch.device("cpu")

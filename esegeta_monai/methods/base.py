@@ -1,0 +1,102 @@
+"""The method interface and its keyword-argument validation.
+
+A method is a small adapter: it declares its parameters (:class:`Param`), and ``run``
+computes a full-size attribution by driving a :class:`~esegeta_monai.engine.WindowPass`,
+which hides the windows. Families share one base class each; a new method is a few lines.
+
+Example:
+    >>> from esegeta_monai.methods import get_method
+    >>> get_method("integrated_gradients").validate({"n_steps": 16})["n_steps"]
+    16
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from esegeta_monai.errors import MethodError
+
+__all__ = ["Param", "Method", "positive_int", "non_negative_number", "one_of", "is_bool"]
+
+
+@dataclass(frozen=True)
+class Param:
+    """One keyword a method accepts: default, a validity check and a help line."""
+
+    default: Any
+    check: Callable[[Any], bool] | None = None
+    help: str = ""
+    expects: str = ""
+
+
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def non_negative_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def is_bool(value) -> bool:
+    return isinstance(value, bool)
+
+
+def one_of(*choices) -> Callable[[Any], bool]:
+    def check(value) -> bool:
+        return value in choices
+
+    check.choices = choices  # type: ignore[attr-defined]
+    return check
+
+
+class Method:
+    """Base of every method adapter.
+
+    Class attributes describe the method for ``esegeta methods`` and the README table;
+    ``params`` lists the keywords it accepts.
+    """
+
+    name: str = ""
+    family: str = ""
+    library: str = "captum"
+    dims: str = "2D/3D"
+    tasks: str = "classification/segmentation"
+    summary: str = ""
+    params: dict[str, Param] = {}
+
+    def validate(self, options: dict[str, Any] | None) -> dict[str, Any]:
+        """Return the options with defaults filled in; raise :class:`MethodError` on any
+        unknown keyword or invalid value, naming it and what is allowed."""
+        options = dict(options or {})
+        unknown = [key for key in options if key not in self.params]
+        if unknown:
+            key = unknown[0]
+            close = difflib.get_close_matches(key, self.params, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            allowed = ", ".join(sorted(self.params)) or "none"
+            raise MethodError(f"method {self.name!r} has no keyword {key!r}{hint}; it accepts: {allowed}")
+        resolved = {}
+        for key, param in self.params.items():
+            value = options.get(key, param.default)
+            if key in options and param.check is not None and not param.check(value):
+                expects = param.expects or getattr(param.check, "choices", None) or param.help
+                raise MethodError(f"method {self.name!r}: invalid {key}={value!r}; expected {expects}")
+            resolved[key] = value
+        return resolved
+
+    def run(self, window_pass, inputs, options: dict[str, Any]):  # pragma: no cover - interface
+        """Attribution of ``inputs`` (B, C, *spatial) for the pass's target."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "library": self.library,
+            "dims": self.dims,
+            "tasks": self.tasks,
+            "summary": self.summary,
+        }
