@@ -42,7 +42,7 @@ from esegeta_monai.methods import Method, get_method
 from esegeta_monai.targets import Target, parse_targets
 from esegeta_monai.windows import WindowPlan, plan_windows
 
-__all__ = ["Explainer", "WindowPass", "first_output", "frozen_eval"]
+__all__ = ["Explainer", "WindowPass", "first_output", "frozen_eval", "predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -210,6 +210,43 @@ def _expand_like(value: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
         raise InputError(f"a tensor argument of shape {tuple(value.shape)} does not broadcast to the input {tuple(inputs.shape)}") from None
 
 
+def predict(
+    network: torch.nn.Module,
+    inputs: torch.Tensor,
+    roi_size: Sequence[int] | int | None = None,
+    sw_batch_size: int = 1,
+    overlap: Sequence[float] | float = 0.25,
+    mode: str = "gaussian",
+    sigma_scale: Sequence[float] | float = 0.125,
+    padding_mode: str = "constant",
+    cval: float = 0.0,
+    amp: bool = False,
+) -> torch.Tensor:
+    """No-grad prediction with MONAI's ``sliding_window_inference`` (or one whole-image
+    forward when the window covers the input), in float32, autocast when ``amp``.
+
+    Example:
+        >>> import torch
+        >>> from esegeta_monai.engine import predict
+        >>> predict(torch.nn.Conv3d(1, 2, 1), torch.rand(1, 1, 8, 8, 8), roi_size=(4, 4, 4)).shape
+        torch.Size([1, 2, 8, 8, 8])
+    """
+    x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
+
+    def predictor(window):
+        with torch.autocast(window.device.type, dtype=amp_dtype(window.device), enabled=amp):
+            return first_output(network(window)).float()
+
+    with torch.no_grad():
+        plan = plan_windows(x.shape[2:], roi_size, overlap, mode, sigma_scale, padding_mode, cval, device=x.device)
+        if plan.single and not any(plan.pad):
+            return predictor(x)
+        return sliding_window_inference(
+            x, plan.importance.shape[2:], sw_batch_size, predictor, overlap=overlap, mode=mode,
+            sigma_scale=sigma_scale, padding_mode=padding_mode, cval=cval,
+        )
+
+
 class Explainer:
     """Explain ``network``'s ``target`` with ``method``, exactly through sliding windows.
 
@@ -328,22 +365,10 @@ class Explainer:
         )
 
     def _predict(self, x: torch.Tensor, plan: WindowPlan) -> torch.Tensor:
-        def predictor(window):
-            with torch.autocast(window.device.type, dtype=amp_dtype(window.device), enabled=self.amp):
-                return first_output(self.network(window)).float()
-
-        if plan.single and not any(plan.pad):
-            return predictor(x)
-        return sliding_window_inference(
-            x,
-            plan.importance.shape[2:],
-            self.sw_batch_size,
-            predictor,
-            overlap=self.overlap,
-            mode=self.mode,
-            sigma_scale=self.sigma_scale,
-            padding_mode=self.padding_mode,
-            cval=self.cval,
+        return predict(
+            self.network, x, plan.importance.shape[2:] if not plan.single else self.roi_size, self.sw_batch_size,
+            overlap=self.overlap, mode=self.mode, sigma_scale=self.sigma_scale,
+            padding_mode=self.padding_mode, cval=self.cval, amp=self.amp,
         )
 
     def _output_shape(self, x: torch.Tensor, plan: WindowPlan) -> tuple[int, ...]:

@@ -112,6 +112,7 @@ def plan_windows(
     ``roi_size=None`` (or non-positive entries) falls back to the image size, as in MONAI.
     """
     spatial_shape = tuple(int(s) for s in spatial_shape)
+    device = torch.device(device) if device is not None else torch.device("cpu")
     ndim = len(spatial_shape)
     roi = fall_back_tuple(roi_size if roi_size is not None else [0] * ndim, spatial_shape)
     if len(roi) != ndim:

@@ -1,0 +1,7 @@
+"""``python -m esegeta_monai`` is the ``esegeta`` command."""
+
+import sys
+
+from esegeta_monai.cli import main
+
+sys.exit(main())

@@ -1,0 +1,139 @@
+"""The ``esegeta`` command (also ``python -m esegeta_monai``).
+
+Subcommands:
+    explain   explain a bundle's model on images, write aligned NIfTI maps and a manifest
+    methods   list the registered methods
+    targets   list the target kinds
+
+Exit codes: 0 all records ok; 1 some record failed or timed out; 2 nothing could run
+(bad config, bundle, device or output folder).
+
+Example:
+    $ esegeta explain --bundle bundles/vessel_mra_demo
+    $ esegeta explain --bundle DIR --image scan.nii.gz --methods saliency,integrated_gradients \\
+          --target argmax:1 --target otsu:1 --out maps --timeout 600
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from esegeta_monai.config import RunConfig, load_run_config
+from esegeta_monai.errors import EsegetaError
+
+__all__ = ["main", "build_parser"]
+
+
+def _roi(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--roi-size takes integers like 64,64,64, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esegeta", description="Exact attribution maps for MONAI models, aligned with the scan.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    explain = sub.add_parser("explain", help="explain a bundle's model on images")
+    explain.add_argument("--bundle", help="MONAI bundle folder (configs/, models/model.pt)")
+    explain.add_argument("--config", help="run config (YAML or JSON); flags override it")
+    explain.add_argument("--image", action="append", dest="images", metavar="FILE", help="input image (repeatable); default: the bundle's sample")
+    explain.add_argument("--methods", help="comma-separated method names (see `esegeta methods`)")
+    explain.add_argument("--target", action="append", dest="targets", metavar="SPEC",
+                         help="argmax:C, otsu:C, mask:C:FILE, voxel:C:I,J,K or class:C (repeatable; C may be 1,2)")
+    explain.add_argument("--out", help="output folder (default esegeta_out)")
+    explain.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    explain.add_argument("--amp", action="store_true", default=None, help="mixed precision forwards")
+    explain.add_argument("--timeout", type=float, help="seconds per method and image")
+    explain.add_argument("--weights", help="weights file (default: BUNDLE/models/model.pt)")
+    explain.add_argument("--roi-size", type=_roi, help="override the bundle's window, e.g. 64,64,64")
+    explain.add_argument("--overlap", type=float, help="override the bundle's window overlap")
+    explain.add_argument("--sw-batch-size", type=int, help="override the bundle's windows per batch")
+    explain.add_argument("--local", action="store_true", default=None, help="explain each window against its own output (TorchEsegeta behaviour)")
+    explain.add_argument("--nan-policy", choices=("error", "zero"), help="NaN/Inf voxels: refuse (default) or set to 0")
+    explain.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    methods = sub.add_parser("methods", help="list the registered methods")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("targets", help="list the target kinds")
+    return parser
+
+
+def _config_from_args(args) -> RunConfig:
+    config = load_run_config(args.config) if args.config else RunConfig()
+    overrides = {
+        "bundle": args.bundle, "images": args.images, "targets": args.targets, "out": args.out,
+        "device": args.device, "amp": args.amp, "timeout": args.timeout, "weights": args.weights,
+        "local": args.local, "nan_policy": args.nan_policy,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    if args.methods:
+        config.methods = RunConfig.from_mapping({"methods": args.methods}, source="--methods").methods
+    for key, value in (("roi_size", args.roi_size), ("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size)):
+        if value is not None:
+            config.window[key] = value
+    if args.no_progress:
+        config.progress = False
+    elif config.progress is None:
+        config.progress = sys.stderr.isatty()
+    config.validate("command line")
+    return config
+
+
+def _explain(args) -> int:
+    from esegeta_monai.runner import run_explanations
+
+    config = _config_from_args(args)
+    result = run_explanations(config)
+    failed = [r for r in result.records if r["status"] != "ok"]
+    print(f"{len(result.records) - len(failed)}/{len(result.records)} maps written to {config.out}; manifest: {result.manifest}")
+    for record in failed:
+        print(f"  {record['status']}: {record['image']} {record['method']} {record['target']}: {record['error']}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _methods(args) -> int:
+    from esegeta_monai.methods import method_table
+
+    rows = method_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("name", "family", "library", "dims", "tasks")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns) + "  summary")
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns) + "  " + row["summary"])
+    return 0
+
+
+def _targets(args) -> int:
+    from esegeta_monai.targets import TARGET_KINDS
+
+    for description in TARGET_KINDS.values():
+        print(description)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("esegeta_monai").setLevel(level)
+    try:
+        return {"explain": _explain, "methods": _methods, "targets": _targets}[args.command](args)
+    except EsegetaError as error:
+        print(f"esegeta: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,181 @@
+"""Run configuration: which methods, targets, windows, device and output, validated up front.
+
+A run config is a YAML or JSON mapping; every key is optional::
+
+    bundle: bundles/vessel_mra_demo
+    images: [scan1.nii.gz, scan2.nii.gz]     # default: the bundle's sample input(s)
+    methods:                                 # a name, or a name with its keywords
+      - saliency
+      - integrated_gradients: {n_steps: 32}
+    targets: [argmax:1, otsu:1]
+    window: {roi_size: [64, 64, 64], overlap: 0.25, mode: gaussian, sw_batch_size: 2}
+    device: cpu
+    amp: false
+    timeout: 600          # seconds per method and image
+    out: esegeta_out
+
+Validation happens before anything runs; an error names the key and the allowed values.
+
+Example:
+    >>> from esegeta_monai.config import RunConfig
+    >>> config = RunConfig.from_mapping({"methods": [{"integrated_gradients": {"n_steps": 8}}], "targets": ["argmax:1"]})
+    >>> config.methods[0].name, config.methods[0].options
+    ('integrated_gradients', {'n_steps': 8})
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from esegeta_monai.errors import ConfigError, EsegetaError
+from esegeta_monai.methods import get_method
+from esegeta_monai.targets import TARGET_KINDS
+
+__all__ = ["MethodSpec", "RunConfig", "load_run_config", "DEFAULT_METHODS"]
+
+#: what runs when no method is named: fast, exact, and one complete (axiomatic) method
+DEFAULT_METHODS = (("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"n_steps": 16}))
+WINDOW_KEYS = ("roi_size", "overlap", "mode", "sw_batch_size", "sigma_scale", "padding_mode")
+NAN_POLICIES = ("error", "zero")
+
+
+@dataclass
+class MethodSpec:
+    """A method name and its keyword arguments (validated against the method)."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.name
+
+
+@dataclass
+class RunConfig:
+    """Everything one `esegeta explain` run needs."""
+
+    bundle: str | None = None
+    images: list[str] = field(default_factory=list)
+    methods: list[MethodSpec] = field(default_factory=lambda: [MethodSpec(m, dict(o)) for m, o in DEFAULT_METHODS])
+    targets: list[str] = field(default_factory=list)
+    window: dict[str, Any] = field(default_factory=dict)
+    device: str | None = None
+    amp: bool = False
+    timeout: float | None = None
+    out: str = "esegeta_out"
+    weights: str | None = None
+    local: bool = False
+    nan_policy: str = "error"
+    save_prediction: bool = True
+    progress: bool | None = None
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, Any], source: str = "run config") -> RunConfig:
+        if not isinstance(mapping, dict):
+            raise ConfigError(f"{source}: expected a mapping of keys to values, got {type(mapping).__name__}")
+        allowed = [f.name for f in fields(cls)]
+        for key in mapping:
+            if key not in allowed:
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ConfigError(f"{source}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
+        values = dict(mapping)
+        if "methods" in values:
+            values["methods"] = _methods(values["methods"], source)
+        if "images" in values:
+            values["images"] = _string_list(values["images"], "images", source)
+        if "targets" in values:
+            values["targets"] = _string_list(values["targets"], "targets", source)
+        config = cls(**values)
+        config.validate(source)
+        return config
+
+    def validate(self, source: str = "run config") -> None:
+        """Check every value; raises :class:`ConfigError` naming the key."""
+        for spec in self.methods:
+            try:
+                spec.options = _plain_options(get_method(spec.name).validate(spec.options), spec.options)
+            except EsegetaError as error:
+                raise ConfigError(f"{source}: methods: {error}") from None
+        for target in self.targets:
+            kind = target.split(":", 1)[0].strip().lower()
+            if ":" not in target or kind not in TARGET_KINDS:
+                raise ConfigError(f"{source}: targets: {target!r} is not a target; kinds: " + "; ".join(TARGET_KINDS.values()))
+        for key in self.window:
+            if key not in WINDOW_KEYS:
+                raise ConfigError(f"{source}: window: unknown key {key!r}; allowed: {', '.join(WINDOW_KEYS)}")
+        overlap = self.window.get("overlap")
+        if overlap is not None and not (isinstance(overlap, (int, float)) and 0 <= overlap < 1):
+            raise ConfigError(f"{source}: window.overlap must be a number in [0, 1), got {overlap!r}")
+        mode = self.window.get("mode")
+        if mode is not None and mode not in ("gaussian", "constant"):
+            raise ConfigError(f"{source}: window.mode must be 'gaussian' or 'constant', got {mode!r}")
+        batch = self.window.get("sw_batch_size")
+        if batch is not None and not (isinstance(batch, int) and batch >= 1):
+            raise ConfigError(f"{source}: window.sw_batch_size must be an integer ≥ 1, got {batch!r}")
+        roi = self.window.get("roi_size")
+        if roi is not None and not (isinstance(roi, (list, tuple)) and all(isinstance(v, int) for v in roi)):
+            raise ConfigError(f"{source}: window.roi_size must be a list of integers such as [64, 64, 64], got {roi!r}")
+        if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
+            raise ConfigError(f"{source}: timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.nan_policy not in NAN_POLICIES:
+            raise ConfigError(f"{source}: nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
+        for key in ("amp", "local", "save_prediction"):
+            if not isinstance(getattr(self, key), bool):
+                raise ConfigError(f"{source}: {key} must be true or false, got {getattr(self, key)!r}")
+        if not isinstance(self.out, str) or not self.out:
+            raise ConfigError(f"{source}: out must be a folder path, got {self.out!r}")
+
+
+def _methods(value, source) -> list[MethodSpec]:
+    if isinstance(value, str):
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{source}: methods must be a non-empty list of names or {{name: {{keyword: value}}}} entries")
+    specs = []
+    for entry in value:
+        if isinstance(entry, str):
+            specs.append(MethodSpec(entry))
+        elif isinstance(entry, dict) and "name" in entry:
+            specs.append(MethodSpec(entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+        elif isinstance(entry, dict) and len(entry) == 1:
+            (name, options), = entry.items()
+            if options is not None and not isinstance(options, dict):
+                raise ConfigError(f"{source}: methods: keywords of {name!r} must be a mapping, got {options!r}")
+            specs.append(MethodSpec(name, dict(options or {})))
+        else:
+            raise ConfigError(f"{source}: methods: cannot read entry {entry!r}; use a name or {{name: {{keyword: value}}}}")
+    return specs
+
+
+def _string_list(value, key, source) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{source}: {key} must be a list of strings, got {value!r}")
+    return list(value)
+
+
+def _plain_options(resolved: dict[str, Any], given: dict[str, Any]) -> dict[str, Any]:
+    """Keep only what the user gave (validated); defaults stay with the method."""
+    return {k: resolved[k] for k in given}
+
+
+def load_run_config(path: str | Path) -> RunConfig:
+    """Read and validate a YAML or JSON run config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"run config {path} does not exist")
+    text = path.read_text()
+    try:
+        mapping = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"run config {path} is not valid {'JSON' if path.suffix.lower() == '.json' else 'YAML'}: {error}") from None
+    return RunConfig.from_mapping(mapping or {}, source=str(path))
