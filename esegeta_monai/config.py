@@ -73,7 +73,6 @@ class RunConfig:
     weights: str | None = None
     local: bool = False
     nan_policy: str = "error"
-    save_prediction: bool = True
     progress: bool | None = None
 
     @classmethod
@@ -127,7 +126,7 @@ class RunConfig:
             raise ConfigError(f"{source}: timeout must be a positive number of seconds, got {self.timeout!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"{source}: nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
-        for key in ("amp", "local", "save_prediction"):
+        for key in ("amp", "local"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{source}: {key} must be true or false, got {getattr(self, key)!r}")
         if not isinstance(self.out, str) or not self.out:

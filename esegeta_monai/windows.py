@@ -30,6 +30,8 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.utils import ensure_tuple_rep, fall_back_tuple
 
+from esegeta_monai.errors import ConfigError
+
 try:  # MONAI's own scan-interval rule (private helper, stable since 0.x)
     from monai.inferers.utils import _get_scan_interval
 except ImportError:  # pragma: no cover - fallback with the same rule
@@ -114,12 +116,15 @@ def plan_windows(
     spatial_shape = tuple(int(s) for s in spatial_shape)
     device = torch.device(device) if device is not None else torch.device("cpu")
     ndim = len(spatial_shape)
+    if isinstance(roi_size, Sequence) and len(roi_size) != ndim:
+        raise ConfigError(
+            f"roi_size {tuple(roi_size)} has {len(roi_size)} dimensions, the image has {ndim} spatial dimensions "
+            f"{spatial_shape}; give one window size per spatial axis"
+        )
     roi = fall_back_tuple(roi_size if roi_size is not None else [0] * ndim, spatial_shape)
-    if len(roi) != ndim:
-        raise ValueError(f"roi_size {roi_size} has {len(roi)} dimensions, the image has {ndim} spatial dimensions")
     overlaps = ensure_tuple_rep(overlap, ndim)
     if any(not 0 <= o < 1 for o in overlaps):
-        raise ValueError(f"overlap must be in [0, 1), got {overlap}")
+        raise ConfigError(f"overlap must be in [0, 1), got {overlap}")
     padded = tuple(max(s, r) for s, r in zip(spatial_shape, roi))
     pad: list[int] = []
     for d in reversed(range(ndim)):  # F.pad order: last dimension first

@@ -1,0 +1,246 @@
+"""End to end: `esegeta explain` on bundles, the manifest, run configs and bad input."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from esegeta_monai.cli import main
+from esegeta_monai.config import RunConfig, load_run_config
+from esegeta_monai.errors import ConfigError
+from esegeta_monai.methods import available_methods
+
+sys.path.insert(0, str(Path(__file__).parent))
+from tiny_bundle import make_tiny_bundle, write_image  # noqa: E402
+
+ZOO = Path(__file__).resolve().parents[1].parent / "shared" / "model-zoo"
+
+
+@pytest.fixture
+def bundle(tmp_path):
+    return make_tiny_bundle(tmp_path / "tiny")
+
+
+def manifest(out: Path) -> list[dict]:
+    return json.loads((out / "manifest.json").read_text())["records"]
+
+
+def assert_aligned(map_path: Path, image_path: Path):
+    written, source = nib.load(str(map_path)), nib.load(str(image_path))
+    assert written.shape[:3] == source.shape[:3]
+    np.testing.assert_allclose(written.affine, source.affine, atol=1e-4)
+    assert written.get_data_dtype() == np.float32
+    assert int(written.header["sform_code"]) == 1 and int(written.header["qform_code"]) == 1
+    data = written.get_fdata()
+    assert np.isfinite(data).all() and np.abs(data).sum() > 0
+    return data
+
+
+def test_explain_writes_aligned_maps_and_manifest(bundle, tmp_path):
+    out = tmp_path / "out"
+    code = main(["-q", "explain", "--bundle", str(bundle), "--methods", "saliency,integrated_gradients",
+                 "--target", "argmax:1", "--target", "otsu:1", "--out", str(out)])
+    assert code == 0
+    records = manifest(out)
+    assert {(r["method"], r["target"]) for r in records} == {
+        (m, t) for m in ("saliency", "integrated_gradients") for t in ("argmax1", "otsu1")
+    }
+    for record in records:
+        assert record["status"] == "ok" and record["error"] is None and record["seconds"] >= 0
+        assert set(record) == {"image", "method", "target", "status", "seconds", "output", "error"}
+        assert Path(record["output"]) == out / "blob" / f"{record['method']}_{record['target']}.nii.gz"
+        assert_aligned(Path(record["output"]), bundle / "sample" / "blob.nii.gz")
+    assert not list(out.rglob(".*tmp*"))  # no temporary file left behind
+
+
+def test_map_is_the_explainer_result_brought_back_to_the_file_grid(bundle, tmp_path):
+    """The CLI's map equals Explainer on the preprocessed image, inverted by MONAI."""
+    from esegeta_monai import Explainer
+    from esegeta_monai.bundle import load_bundle
+    from esegeta_monai.io import load_for_explanation, save_attribution
+
+    out = tmp_path / "out"
+    assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "saliency", "--out", str(out)]) == 0
+    loaded = load_bundle(bundle)
+    data = load_for_explanation(loaded.samples[0], loaded.preprocessing)
+    attribution = Explainer(loaded.network, "saliency", "argmax:1", roi_size=(16, 16, 16), overlap=0.5, sw_batch_size=2)(data["image"][None])[0]
+    reference = save_attribution(attribution, data, loaded.preprocessing, tmp_path / "ref.nii.gz")
+    np.testing.assert_allclose(nib.load(str(out / "blob" / "saliency_argmax1.nii.gz")).get_fdata(),
+                               nib.load(str(reference)).get_fdata(), rtol=1e-5, atol=1e-8)
+
+
+def test_mask_and_voxel_targets(bundle, tmp_path):
+    image = bundle / "sample" / "blob.nii.gz"
+    source = nib.load(str(image))
+    mask = np.zeros(source.shape, np.uint8)
+    mask[6:12, 8:18, 4:10] = 1
+    nib.save(nib.Nifti1Image(mask, source.affine), str(tmp_path / "roi.nii.gz"))
+    out = tmp_path / "out"
+    code = main(["-q", "explain", "--bundle", str(bundle), "--methods", "saliency", "--out", str(out),
+                 "--target", f"mask:1:{tmp_path / 'roi.nii.gz'}", "--target", "voxel:0,1:8,8,8"])
+    assert code == 0
+    assert sorted(r["target"] for r in manifest(out)) == ["mask1", "voxel0", "voxel1"]
+    voxel_map = assert_aligned(out / "blob" / "saliency_voxel1.nii.gz", image)
+    assert (voxel_map > 0).mean() < 0.9  # a voxel target has a local receptive field
+
+
+def test_one_failing_image_does_not_stop_the_others(bundle, tmp_path):
+    out = tmp_path / "out"
+    corrupt = tmp_path / "corrupt.nii.gz"
+    corrupt.write_bytes(b"\x1f\x8b\x08 not really gzip")
+    nan_image = write_image(tmp_path / "nan.nii.gz")
+    volume = nib.load(str(nan_image))
+    data = volume.get_fdata().astype(np.float32)
+    data[3, 3, 3] = np.nan
+    nib.save(nib.Nifti1Image(data, volume.affine), str(nan_image))
+    two_channels = write_image(tmp_path / "two.nii.gz", channels=2)
+    good = bundle / "sample" / "blob.nii.gz"
+    images = [tmp_path / "missing.nii.gz", corrupt, nan_image, two_channels, good]
+    args = ["-q", "explain", "--bundle", str(bundle), "--methods", "saliency", "--out", str(out)]
+    for image in images:
+        args += ["--image", str(image)]
+    assert main(args) == 1
+    by_image = {Path(r["image"]).name: r for r in manifest(out)}
+    assert by_image["blob.nii.gz"]["status"] == "ok"
+    for name in ("missing.nii.gz", "corrupt.nii.gz", "nan.nii.gz", "two.nii.gz"):
+        assert by_image[name]["status"] == "failed"
+        assert name in by_image[name]["error"]
+    assert "NaN" in by_image["nan.nii.gz"]["error"]
+    assert "channel" in by_image["two.nii.gz"]["error"]
+    assert not (out / "missing").exists() and not (out / "corrupt").exists()
+    # NaN voxels can be set to zero on request
+    out2 = tmp_path / "out2"
+    assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "saliency", "--out", str(out2),
+                 "--image", str(nan_image), "--nan-policy", "zero"]) == 0
+
+
+def test_one_failing_method_does_not_stop_the_others(bundle, tmp_path, monkeypatch):
+    from esegeta_monai.methods.gradient import InputXGradientMethod
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("simulated failure")
+
+    monkeypatch.setattr(InputXGradientMethod, "run", broken)
+    out = tmp_path / "out"
+    assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "input_x_gradient,saliency", "--out", str(out)]) == 1
+    status = {r["method"]: r for r in manifest(out)}
+    assert status["saliency"]["status"] == "ok"
+    assert status["input_x_gradient"]["status"] == "failed" and "simulated failure" in status["input_x_gradient"]["error"]
+    assert not (out / "blob" / "input_x_gradient_argmax1.nii.gz").exists()
+
+
+def test_timeout_is_recorded(bundle, tmp_path):
+    out = tmp_path / "out"
+    assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "integrated_gradients", "--timeout", "1e-6", "--out", str(out)]) == 1
+    (record,) = manifest(out)
+    assert record["status"] == "timeout" and "time budget" in record["error"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--methods", "salency"], "did you mean 'saliency'"),
+        (["--target", "argmx:1"], "not a target"),
+        (["--roi-size", "8,8"], None),
+        (["--overlap", "1.5"], "overlap"),
+    ],
+)
+def test_bad_arguments_exit_2_before_writing(bundle, tmp_path, capsys, args, message):
+    out = tmp_path / "out"
+    code = main(["-q", "explain", "--bundle", str(bundle), "--out", str(out), *args])
+    if message is None:  # a 2D window on a 3D image: recorded per method, not a crash
+        assert code == 1
+        assert "roi_size" in manifest(out)[0]["error"]
+        return
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bundle_problems_exit_2_with_the_file_named(bundle, tmp_path, capsys):
+    (bundle / "models" / "model.pt").unlink()
+    assert main(["-q", "explain", "--bundle", str(bundle), "--out", str(tmp_path / "o")]) == 2
+    assert "model.pt" in capsys.readouterr().err
+    blocked = tmp_path / "file.txt"
+    blocked.write_text("a file, not a folder")
+    make_tiny_bundle(tmp_path / "other")
+    assert main(["-q", "explain", "--bundle", str(tmp_path / "other"), "--out", str(blocked / "sub")]) == 2
+    assert "file.txt" in capsys.readouterr().err
+
+
+def test_run_config_with_method_keywords_and_flag_overrides(bundle, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"bundle: {bundle}\n"
+        "methods:\n  - saliency: {abs: false}\n  - integrated_gradients: {n_steps: 4}\n"
+        "targets: [argmax:1]\nwindow: {roi_size: [16, 16, 16], overlap: 0.25}\n"
+        f"out: {tmp_path / 'from_config'}\n"
+    )
+    out = tmp_path / "from_flag"
+    assert main(["-q", "explain", "--config", str(config), "--out", str(out)]) == 0
+    assert len(manifest(out)) == 2 and not (tmp_path / "from_config").exists()
+    signed = nib.load(str(out / "blob" / "saliency_argmax1.nii.gz")).get_fdata()
+    assert (signed < 0).any()  # abs: false reached the method
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("methds: [saliency]\n", "did you mean 'methods'"),
+        ("methods:\n  - saliency: {n_steps: 3}\n", "no keyword 'n_steps'"),
+        ("methods:\n  - integrated_gradients: {n_steps: -1}\n", "invalid n_steps=-1"),
+        ("window: {mode: cubic}\n", "window.mode"),
+        ("timeout: -3\n", "timeout"),
+        ("methods: [saliency\n", "not valid YAML"),
+    ],
+)
+def test_run_config_validation_names_the_key(tmp_path, text, message):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        load_run_config(path)
+
+
+def test_shipped_example_configs_are_valid():
+    root = Path(__file__).resolve().parents[1] / "configs"
+    configs = sorted([*root.glob("*.yaml"), *root.glob("*.json")])
+    assert configs, "configs/ should hold example run configs"
+    for path in configs:
+        assert isinstance(load_run_config(path), RunConfig)
+
+
+def test_methods_listing_names_every_registered_method(capsys):
+    assert main(["methods"]) == 0
+    listing = capsys.readouterr().out
+    for name in available_methods():
+        assert name in listing
+    result = subprocess.run([sys.executable, "-m", "esegeta_monai", "methods", "--json"], capture_output=True, text=True, check=True)
+    rows = json.loads(result.stdout)
+    assert {"name", "family", "library", "dims", "tasks"} <= set(rows[0])
+
+
+@pytest.mark.skipif(not (ZOO / "spleen_ct_segmentation").is_dir(), reason="shared model zoo not present")
+def test_spleen_bundle_with_random_weights(tmp_path):
+    from monai.networks.nets import UNet
+
+    spleen = tmp_path / "spleen"
+    shutil.copytree(ZOO / "spleen_ct_segmentation", spleen)
+    (spleen / "models").mkdir()
+    torch.manual_seed(0)
+    net = UNet(3, 1, 2, (16, 32, 64, 128, 256), (2, 2, 2, 2), num_res_units=2, norm="batch")
+    torch.save(net.state_dict(), spleen / "models" / "model.pt")
+    affine = np.array([[-1.5, 0, 0, 0], [0, -1.5, 0, 0], [0, 0, 2.5, 0], [0, 0, 0, 1.0]])
+    rng = np.random.default_rng(0)
+    ct = rng.normal(40, 60, (40, 44, 24)).astype(np.float32)
+    nib.save(nib.Nifti1Image(ct, affine), str(tmp_path / "ct.nii.gz"))
+    out = tmp_path / "out"
+    code = main(["-q", "explain", "--bundle", str(spleen), "--image", str(tmp_path / "ct.nii.gz"), "--methods", "saliency",
+                 "--target", "mask:1:" + str(tmp_path / "ct.nii.gz"), "--out", str(out)])
+    assert code == 0, manifest(out)
+    assert_aligned(out / "ct" / "saliency_mask1.nii.gz", tmp_path / "ct.nii.gz")
