@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Set up esegeta_monai in a fresh virtual environment (.venv by default) and optionally test it.
+#
+#   bash scripts/install.sh            # install only
+#   bash scripts/install.sh --test     # install, then run the test suite
+#
+# torch is pinned to the 2.13.0 CPU build first, so that pip never pulls a multi-GB CUDA
+# build as a side effect of resolving the other requirements. On a GPU machine install the
+# torch build you need into the venv before (or instead of) this step.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+TORCH_SPEC="${TORCH_SPEC:-torch==2.13.0}"
+
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
+    "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
+fi
+"$VENV/bin/python" -m pip install --quiet -e ".[test]"
+"$VENV/bin/esegeta" methods > /dev/null
+echo "installed: $("$VENV/bin/python" -c 'import torch, monai, captum, esegeta_monai; print(f"esegeta_monai {esegeta_monai.__version__}, torch {torch.__version__}, monai {monai.__version__}, captum {captum.__version__}")')"
+
+if [ "${1:-}" = "--test" ]; then
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests
+fi
