@@ -309,6 +309,8 @@ class Explainer:
         self.progress = progress
         self.timeout = timeout
         self.last_pass: WindowPass | None = None
+        if self.amp and not self.method.amp_safe:
+            logger.info("%s runs its forwards in float32: %s", self.method.name, self.method.amp_note)
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size must be ≥ 1, got {sw_batch_size}")
 
@@ -322,7 +324,7 @@ class Explainer:
             plan = self._plan(x)
             weights = None if self.local and self.target.needs_prediction else self._output_weights(x, plan, prediction)
             window_pass = WindowPass(
-                WeightedOutput(self.network, self.amp),
+                WeightedOutput(self.network, self.amp and self.method.amp_safe),
                 plan,
                 self.target,
                 weights,
@@ -334,6 +336,10 @@ class Explainer:
             )
             attribution = self.method.run(window_pass, x, self.options).float()
         self.last_pass = window_pass
+        if not torch.isfinite(attribution).all():
+            bad = int((~torch.isfinite(attribution)).sum())
+            hint = " (try without amp)" if self.amp else ""
+            raise FloatingPointError(f"{self.method.name} {self.target.name}: {bad} NaN/Inf attribution values{hint}; nothing written")
         logger.debug("%s %s: %d windows in %.2fs", self.method.name, self.target.name, window_pass.windows_run, time.monotonic() - start)
         if isinstance(inputs, MetaTensor):
             return MetaTensor(attribution, meta=inputs.meta, applied_operations=inputs.applied_operations)

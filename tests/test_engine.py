@@ -243,3 +243,20 @@ def test_mask_shapes_broadcast(unet3d, volume):
         torch.testing.assert_close(maps[0], other)
     with pytest.raises(TargetError, match="not broadcastable"):
         Explainer(unet3d, "saliency", MaskRegion(1, torch.zeros(3, 3, 3)))(volume)
+
+
+def test_amp_deeplift_stays_finite_and_equals_float32(unet3d, volume):
+    """DeepLift ignores amp (its rescale rule underflows in half precision)."""
+    target = MaskRegion(1, box=[(3, 20), (0, 24), (8, 30)])  # no prediction: amp cannot change the mask
+    exact = Explainer(unet3d, "deeplift", target, **WINDOWS)(volume[:1])
+    mixed = Explainer(unet3d, "deeplift", target, amp=True, **WINDOWS)(volume[:1])
+    assert torch.isfinite(mixed).all()
+    torch.testing.assert_close(mixed, exact)
+
+
+def test_non_finite_maps_are_refused(unet3d, volume, monkeypatch):
+    from esegeta_monai.methods.gradient import SaliencyMethod
+
+    monkeypatch.setattr(SaliencyMethod, "finalize", lambda self, total, options: total * float("nan"))
+    with pytest.raises(FloatingPointError, match="NaN/Inf attribution"):
+        Explainer(unet3d, "saliency", ArgmaxRegion(1), **WINDOWS)(volume[:1])

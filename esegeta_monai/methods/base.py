@@ -66,6 +66,9 @@ class Method:
     tasks: str = "classification/segmentation"
     summary: str = ""
     params: dict[str, Param] = {}
+    #: whether forwards may run under autocast; if not, ``amp=True`` is ignored for it
+    amp_safe: bool = True
+    amp_note: str = ""
 
     def validate(self, options: dict[str, Any] | None) -> dict[str, Any]:
         """Return the options with defaults filled in; raise :class:`MethodError` on any

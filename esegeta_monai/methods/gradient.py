@@ -147,3 +147,5 @@ class DeepLiftMethod(CaptumGradientMethod):
     }
     init_params = ("multiply_by_inputs", "eps")
     window_tensors = ("baselines",)
+    amp_safe = False
+    amp_note = "the rescale rule divides by input differences that underflow in float16 (NaN maps seen on CUDA)"
