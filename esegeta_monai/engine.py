@@ -80,20 +80,23 @@ def amp_dtype(device: torch.device) -> torch.dtype:
 
 
 class WeightedOutput(torch.nn.Module):
-    """``x, C -> Σ_spatial,channels net(x) ⊙ C``: one scalar per window, what Captum attributes.
+    """``x, C -> Σ_spatial net(x)[:, c] ⊙ C``: one scalar per window, what Captum attributes.
 
-    The forward runs under autocast when ``amp`` is set; the product is taken in float32.
+    ``C`` holds the weights of the target's class channel ``c`` only (the other channels'
+    weights are zero). The forward runs under autocast when ``amp`` is set; the product is
+    taken in float32.
     """
 
-    def __init__(self, network: torch.nn.Module, amp: bool = False):
+    def __init__(self, network: torch.nn.Module, channel: int, amp: bool = False):
         super().__init__()
         self.network = network
+        self.channel = int(channel)
         self.amp = amp
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=self.amp):
             output = first_output(self.network(x))
-        return (output.float() * weight).flatten(1).sum(1)
+        return (output[:, self.channel : self.channel + 1].float() * weight).flatten(1).sum(1)
 
 
 WindowFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]
@@ -123,7 +126,7 @@ class WindowPass:
         self.module = module
         self.plan = plan
         self.target = target
-        self.output_weights = output_weights  # G / W on the padded grid (or G if single window)
+        self.output_weights = output_weights  # class channel of G / W on the padded grid, (B, 1, ...)
         self.sw_batch_size = max(int(sw_batch_size), 1)
         self.local = local
         self.progress = progress
@@ -135,7 +138,9 @@ class WindowPass:
         pairs = [(b, window) for b in range(batch) for window in self.plan.slices]
         if self.output_weights is None or self.output_weights.ndim == 2:
             return pairs
-        return [(b, w) for b, w in pairs if bool(self.output_weights[(slice(b, b + 1), slice(None), *w)].any())]
+        # one transfer of the support to the CPU, not one device sync per window
+        support = (self.output_weights[:, 0] != 0).cpu().numpy()
+        return [(b, w) for b, w in pairs if support[(b, *w)].any()]
 
     def _groups(self, pairs):
         size = len(pairs) if self.plan.single else self.sw_batch_size
@@ -176,13 +181,13 @@ class WindowPass:
 
     def _window_weights(self, x_win, group, importance):
         if not self.local:
-            if self.output_weights.ndim == 2:  # classification: (B, K)
+            if self.output_weights.ndim == 2:  # classification: (B, 1)
                 return self.output_weights[[b for b, _ in group]]
             return _gather(self.output_weights, group) * (1.0 if self.plan.single else importance)
         # local: each window against its own output (TorchEsegeta's patch behaviour)
         if self.target.needs_prediction:
             with torch.no_grad():
-                return self.target.weights(first_output(self.module.network(x_win)).float())
+                return self.target.channel_weights(first_output(self.module.network(x_win)).float())
         return _gather(self.output_weights, group)
 
     def _unpad(self, total: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
@@ -324,7 +329,7 @@ class Explainer:
             plan = self._plan(x)
             weights = None if self.local and self.target.needs_prediction else self._output_weights(x, plan, prediction)
             window_pass = WindowPass(
-                WeightedOutput(self.network, self.amp and self.method.amp_safe),
+                WeightedOutput(self.network, self.target.class_index, self.amp and self.method.amp_safe),
                 plan,
                 self.target,
                 weights,
@@ -399,10 +404,10 @@ class Explainer:
                     prediction = self._predict(x, plan)
             prediction = (prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction).to(x.device)
             output = prediction
-        else:
-            output = torch.zeros(self._output_shape(x, plan), device=x.device)
+        else:  # only the shape matters: an expanded zero costs no memory
+            output = torch.zeros((), device=x.device).expand(self._output_shape(x, plan))
         _check_output_grid(output, x, plan, self.target)
-        weights = self.target.weights(output)
+        weights = self.target.channel_weights(output)
         if output.ndim == 2:
             return weights
         if plan.single or self.local:  # local mode weights each window by its own output

@@ -74,11 +74,17 @@ class Target(ABC):
 
     def weights(self, output: torch.Tensor) -> torch.Tensor:
         """``G = ∂T/∂y``, same shape as ``output``, float32, no gradient."""
+        channel = self.channel_weights(output)
+        weight = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
+        weight[:, self.class_index] = channel[:, 0]
+        return weight
+
+    def channel_weights(self, output: torch.Tensor) -> torch.Tensor:
+        """The class channel of ``G``, shape ``(B, 1, *spatial)``; the other channels are zero."""
         self._check_output(output)
         with torch.no_grad():
-            weight = torch.zeros(output.shape, dtype=torch.float32, device=output.device)
-            weight[:, self.class_index] = self._class_weights(output.detach().float())
-        return weight
+            channel = self._class_weights(output.detach().float())
+            return torch.broadcast_to(channel.float(), (output.shape[0], *output.shape[2:]))[:, None].contiguous()
 
     @abstractmethod
     def _class_weights(self, output: torch.Tensor) -> torch.Tensor:
@@ -115,7 +121,14 @@ class ArgmaxRegion(Target):
     def _class_weights(self, output):
         if output.shape[1] == 1:
             return (output[:, 0] > 0).float()
-        return (output.argmax(dim=1) == self.class_index).float()
+        # "argmax == c" without argmax (slow on CPU, and an int64 volume): c beats every
+        # channel before it strictly and every channel after it or ties (argmax's first-max rule)
+        scores = output[:, self.class_index]
+        region = torch.ones_like(scores, dtype=torch.bool)
+        for other in range(output.shape[1]):
+            if other != self.class_index:
+                region &= scores > output[:, other] if other < self.class_index else scores >= output[:, other]
+        return region.float()
 
 
 class OtsuRegion(Target):
