@@ -176,7 +176,7 @@ class WindowPass:
         finally:
             bar.close()
         if self.local:
-            total = total / plan.normaliser
+            total = total.div_(plan.normaliser())
         return self._unpad(total, inputs)
 
     def _window_weights(self, x_win, group, importance):
@@ -341,7 +341,7 @@ class Explainer:
             )
             attribution = self.method.run(window_pass, x, self.options).float()
         self.last_pass = window_pass
-        if not torch.isfinite(attribution).all():
+        if not bool(torch.isfinite(attribution.amax()) & torch.isfinite(attribution.amin())):  # no volume-sized temporary
             bad = int((~torch.isfinite(attribution)).sum())
             hint = " (try without amp)" if self.amp else ""
             raise FloatingPointError(f"{self.method.name} {self.target.name}: {bad} NaN/Inf attribution values{hint}; nothing written")
@@ -412,7 +412,7 @@ class Explainer:
             return weights
         if plan.single or self.local:  # local mode weights each window by its own output
             return plan.pad_output(weights)
-        return plan.pad_output(weights) / plan.normaliser
+        return plan.pad_output(weights).div_(plan.normaliser())  # channel_weights gave a fresh tensor
 
 
 def _check_output_grid(output: torch.Tensor, x: torch.Tensor, plan: WindowPlan, target: Target) -> None:

@@ -84,7 +84,8 @@ class Target(ABC):
         self._check_output(output)
         with torch.no_grad():
             channel = self._class_weights(output.detach().float())
-            return torch.broadcast_to(channel.float(), (output.shape[0], *output.shape[2:]))[:, None].contiguous()
+            fresh = torch.empty((output.shape[0], 1, *output.shape[2:]), dtype=torch.float32, device=output.device)
+            return fresh.copy_(torch.broadcast_to(channel, (output.shape[0], *output.shape[2:]))[:, None])  # never a view of a user mask
 
     @abstractmethod
     def _class_weights(self, output: torch.Tensor) -> torch.Tensor:

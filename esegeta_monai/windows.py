@@ -55,7 +55,6 @@ class WindowPlan:
         pad: the ``torch.nn.functional.pad`` argument that produced the padding.
         slices: one tuple of spatial slices per window, on the padded grid.
         importance: ``(1, 1, *roi)`` importance map of every window.
-        normaliser: ``(1, 1, *padded)`` sum of the importance maps, ``W``.
         padding_mode, cval: how the input is padded, as in MONAI.
     """
 
@@ -64,7 +63,6 @@ class WindowPlan:
     pad: list[int]
     slices: list[tuple[slice, ...]]
     importance: torch.Tensor
-    normaliser: torch.Tensor
     padding_mode: str = "constant"
     cval: float = 0.0
 
@@ -93,6 +91,13 @@ class WindowPlan:
 
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x[(slice(None), slice(None), *self.crop)] if any(self.pad) else x
+
+    def normaliser(self) -> torch.Tensor:
+        """``W = Σ_p pad_p(w_p)``, ``(1, 1, *padded)``; built on demand (a volume is not kept)."""
+        total = torch.zeros((1, 1, *self.padded_shape), device=self.importance.device)
+        for window in self.slices:
+            total[(slice(None), slice(None), *window)] += self.importance
+        return total
 
     def window_weights(self, device=None) -> torch.Tensor:
         """``(1, 1, *roi)`` importance map; ones for the whole-image case."""
@@ -137,7 +142,4 @@ def plan_windows(
     else:
         importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device)[None, None]
         importance = importance.to(torch.float32)
-    normaliser = torch.zeros((1, 1, *padded), device=device)
-    for window in slices:
-        normaliser[(slice(None), slice(None), *window)] += importance
-    return WindowPlan(spatial_shape, padded, pad, slices, importance, normaliser, padding_mode, cval)
+    return WindowPlan(spatial_shape, padded, pad, slices, importance, padding_mode, cval)

@@ -92,7 +92,7 @@ class SaliencyMethod(CaptumGradientMethod):
         return {**call, "abs": False}  # abs is not linear: applied once to the sum
 
     def finalize(self, total, options):
-        return total.abs() if options["abs"] else total
+        return total.abs_() if options["abs"] else total  # total is the engine's own buffer
 
 
 @register
