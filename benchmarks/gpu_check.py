@@ -14,6 +14,7 @@ import argparse
 import json
 import statistics
 import subprocess
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -170,7 +171,7 @@ def main():
     print(json.dumps(report["exactness"], indent=1), flush=True)
     report["timings_sw2"] = timings(device, args.sizes, args.repeats, 2)
     report["timings_sw8"] = timings(device, args.sizes[:1], args.repeats, 8)
-    report["cli"] = cli_check(out)
+    report["cli"] = cli_check(Path(tempfile.mkdtemp(prefix="esegeta_gpu_cli_")))  # maps stay out of --out
     print(json.dumps(report["cli"], indent=1), flush=True)
     (out / "gpu_check.json").write_text(json.dumps(report, indent=2))
 
