@@ -25,5 +25,5 @@ fi
 echo "installed: $("$VENV/bin/python" -c 'import torch, monai, captum, esegeta_monai; print(f"esegeta_monai {esegeta_monai.__version__}, torch {torch.__version__}, monai {monai.__version__}, captum {captum.__version__}")')"
 
 if [ "${1:-}" = "--test" ]; then
-    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider tests
+    exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider   # tests/ and the docstring examples
 fi
