@@ -6,6 +6,7 @@ A run config is a YAML or JSON mapping; every key is optional::
     images: [scan1.nii.gz, scan2.nii.gz]     # default: the bundle's sample input(s)
     methods:                                 # a name, or a name with its keywords
       - saliency
+      - saliency: {abs: false, as: saliency_signed}   # `as`: the name in output files
       - integrated_gradients: {n_steps: 32}
     targets: [argmax:1, otsu:1]
     window: {roi_size: [64, 64, 64], overlap: 0.25, mode: gaussian, sw_batch_size: 2}
@@ -51,10 +52,12 @@ class MethodSpec:
 
     name: str
     options: dict[str, Any] = field(default_factory=dict)
+    output_name: str | None = None
 
     @property
     def label(self) -> str:
-        return self.name
+        """The name used in output files (``as:`` in a run config, else the method name)."""
+        return self.output_name or self.name
 
 
 @dataclass
@@ -98,6 +101,13 @@ class RunConfig:
 
     def validate(self, source: str = "run config") -> None:
         """Check every value; raises :class:`ConfigError` naming the key."""
+        labels = [spec.label for spec in self.methods]
+        for label in labels:
+            if labels.count(label) > 1:
+                raise ConfigError(
+                    f"{source}: methods: {label!r} is listed twice and its maps would overwrite each other; "
+                    f"give one an output name, e.g. {{name: {label}, as: {label}_2, ...}}"
+                )
         for spec in self.methods:
             try:
                 spec.options = _plain_options(get_method(spec.name).validate(spec.options), spec.options)
@@ -143,15 +153,26 @@ def _methods(value, source) -> list[MethodSpec]:
         if isinstance(entry, str):
             specs.append(MethodSpec(entry))
         elif isinstance(entry, dict) and "name" in entry:
-            specs.append(MethodSpec(entry["name"], {k: v for k, v in entry.items() if k != "name"}))
+            options = {k: v for k, v in entry.items() if k not in ("name", "as")}
+            specs.append(MethodSpec(entry["name"], options, _output_name(entry.get("as"), source)))
         elif isinstance(entry, dict) and len(entry) == 1:
             (name, options), = entry.items()
             if options is not None and not isinstance(options, dict):
                 raise ConfigError(f"{source}: methods: keywords of {name!r} must be a mapping, got {options!r}")
-            specs.append(MethodSpec(name, dict(options or {})))
+            options = dict(options or {})
+            output_name = _output_name(options.pop("as", None), source)
+            specs.append(MethodSpec(name, options, output_name))
         else:
             raise ConfigError(f"{source}: methods: cannot read entry {entry!r}; use a name or {{name: {{keyword: value}}}}")
     return specs
+
+
+def _output_name(value, source) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or not all(c.isalnum() or c in "_-" for c in value):
+        raise ConfigError(f"{source}: methods: 'as' must be a file-name-safe name (letters, digits, _ and -), got {value!r}")
+    return value
 
 
 def _string_list(value, key, source) -> list[str]:

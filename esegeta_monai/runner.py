@@ -103,7 +103,7 @@ def _write_manifest(path: Path, config: RunConfig, records: list[dict[str, Any]]
     payload = {
         "bundle": config.bundle,
         "out": str(config.out),
-        "methods": [{"name": m.name, "options": _jsonable(m.options)} for m in config.methods],
+        "methods": [{"name": m.name, "as": m.label, "options": _jsonable(m.options)} for m in config.methods],
         "records": records,
     }
     handle, temporary = tempfile.mkstemp(prefix=".manifest.", suffix=".json.tmp", dir=path.parent)
@@ -183,7 +183,7 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
     except EsegetaError as error:
         for spec in target_specs:
             for method in config.methods:
-                record(method.name, spec, "failed", time.monotonic() - start, error=_error_text(error))
+                record(method.label, spec, "failed", time.monotonic() - start, error=_error_text(error))
         return records
     image_tensor = data[bundle.image_key]
     x = image_tensor[None].to(device)
@@ -192,10 +192,11 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
     for spec in target_specs:
         try:
             parsed = parse_targets(spec, mask_loader=lambda path: load_mask_like(path, image_tensor))
-            targets.extend((spec, target) for target in parsed)
+            known = {target.name for _, target in targets}
+            targets.extend((spec, target) for target in parsed if target.name not in known)  # a repeated spec runs once
         except EsegetaError as error:
             for method in config.methods:
-                record(method.name, spec, "failed", 0.0, error=_error_text(error))
+                record(method.label, spec, "failed", 0.0, error=_error_text(error))
 
     prediction = None
     if any(target.needs_prediction for _, target in targets) and not config.local:
@@ -208,14 +209,14 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
             logger.debug("prediction failed", exc_info=True)
             for spec, target in targets:
                 for method in config.methods:
-                    record(method.name, target.name, "failed", time.monotonic() - start, error=f"prediction failed: {_error_text(error)}")
+                    record(method.label, target.name, "failed", time.monotonic() - start, error=f"prediction failed: {_error_text(error)}")
             return records
 
     folder = out / stem
     for spec, target in targets:
         for method in config.methods:
             t0 = time.monotonic()
-            path = folder / f"{method.name}_{target.name}.nii.gz"
+            path = folder / f"{method.label}_{target.name}.nii.gz"
             try:
                 explainer = Explainer(
                     bundle.network, method.name, target, amp=config.amp, device=device, local=config.local,
@@ -224,10 +225,10 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
                 attribution = explainer(x, prediction=prediction)[0]
                 folder.mkdir(parents=True, exist_ok=True)
                 save_attribution(attribution, data, bundle.preprocessing, path, image_key=bundle.image_key)
-                record(method.name, target.name, "ok", time.monotonic() - t0, output=path)
+                record(method.label, target.name, "ok", time.monotonic() - t0, output=path)
             except MethodTimeout as error:
-                record(method.name, target.name, "timeout", time.monotonic() - t0, error=str(error))
+                record(method.label, target.name, "timeout", time.monotonic() - t0, error=str(error))
             except Exception as error:  # one failing method never stops the others
                 logger.debug("%s", traceback.format_exc())
-                record(method.name, target.name, "failed", time.monotonic() - t0, error=_error_text(error))
+                record(method.label, target.name, "failed", time.monotonic() - t0, error=_error_text(error))
     return records

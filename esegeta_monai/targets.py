@@ -171,14 +171,20 @@ class MaskRegion(Target):
 
     kind = "mask"
 
-    def __init__(self, class_index: int, mask=None, box: Sequence[Sequence[int]] | None = None):
+    def __init__(self, class_index: int, mask=None, box: Sequence[Sequence[int]] | None = None, label: str | None = None):
         super().__init__(class_index)
+        self.label = label or (Path(mask).name.split(".")[0] if isinstance(mask, (str, Path)) else None)
         if (mask is None) == (box is None):
             raise TargetError("MaskRegion: give exactly one of mask= (path, array, tensor) or box=[(start, stop), ...]")
         self.box = None if box is None else [tuple(int(v) for v in pair) for pair in box]
         if self.box is not None and any(len(pair) != 2 or pair[0] >= pair[1] for pair in self.box):
             raise TargetError(f"MaskRegion: box must be [(start, stop), ...] with start < stop per axis, got {box}")
         self.mask = _load_mask(mask) if isinstance(mask, (str, Path)) else mask
+
+    @property
+    def name(self) -> str:
+        """``mask1``, or ``mask1_<label>`` for a mask file (so two masks never share a file name)."""
+        return f"{self.kind}{self.class_index}_{self.label}" if self.label else f"{self.kind}{self.class_index}"
 
     def _class_weights(self, output):
         batch, spatial = output.shape[0], tuple(output.shape[2:])
@@ -220,6 +226,11 @@ class VoxelScore(Target):
     def __init__(self, class_index: int, index: Sequence[int]):
         super().__init__(class_index)
         self.index = tuple(int(i) for i in index)
+
+    @property
+    def name(self) -> str:
+        """``voxel1_10-20-30``: the class and the voxel."""
+        return f"{self.kind}{self.class_index}_" + "-".join(map(str, self.index))
 
     def _class_weights(self, output):
         spatial = tuple(output.shape[2:])
@@ -279,7 +290,7 @@ def parse_targets(spec: str, mask_loader=None) -> list[Target]:
         raise TargetError(f"target {spec!r}: unexpected ':{extra}'; {TARGET_KINDS[kind]}")
     if kind == "mask":
         mask = mask_loader(extra) if mask_loader is not None else _load_mask(extra)
-        return [MaskRegion(c, mask) for c in classes]
+        return [MaskRegion(c, mask, label=Path(extra).name.split(".")[0]) for c in classes]
     if kind == "voxel":
         try:
             index = [int(i) for i in extra.split(",")]

@@ -85,8 +85,8 @@ def test_mask_and_voxel_targets(bundle, tmp_path):
     code = main(["-q", "explain", "--bundle", str(bundle), "--methods", "saliency", "--out", str(out),
                  "--target", f"mask:1:{tmp_path / 'roi.nii.gz'}", "--target", "voxel:0,1:8,8,8"])
     assert code == 0
-    assert sorted(r["target"] for r in manifest(out)) == ["mask1", "voxel0", "voxel1"]
-    voxel_map = assert_aligned(out / "blob" / "saliency_voxel1.nii.gz", image)
+    assert sorted(r["target"] for r in manifest(out)) == ["mask1_roi", "voxel0_8-8-8", "voxel1_8-8-8"]
+    voxel_map = assert_aligned(out / "blob" / "saliency_voxel1_8-8-8.nii.gz", image)
     assert (voxel_map > 0).mean() < 0.9  # a voxel target has a local receptive field
 
 
@@ -178,15 +178,16 @@ def test_run_config_with_method_keywords_and_flag_overrides(bundle, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
         f"bundle: {bundle}\n"
-        "methods:\n  - saliency: {abs: false}\n  - integrated_gradients: {n_steps: 4}\n"
+        "methods:\n  - saliency\n  - saliency: {abs: false, as: saliency_signed}\n  - integrated_gradients: {n_steps: 4}\n"
         "targets: [argmax:1]\nwindow: {roi_size: [16, 16, 16], overlap: 0.25}\n"
         f"out: {tmp_path / 'from_config'}\n"
     )
     out = tmp_path / "from_flag"
     assert main(["-q", "explain", "--config", str(config), "--out", str(out)]) == 0
-    assert len(manifest(out)) == 2 and not (tmp_path / "from_config").exists()
-    signed = nib.load(str(out / "blob" / "saliency_argmax1.nii.gz")).get_fdata()
-    assert (signed < 0).any()  # abs: false reached the method
+    assert len(manifest(out)) == 3 and not (tmp_path / "from_config").exists()
+    signed = nib.load(str(out / "blob" / "saliency_signed_argmax1.nii.gz")).get_fdata()
+    absolute = nib.load(str(out / "blob" / "saliency_argmax1.nii.gz")).get_fdata()
+    assert (signed < 0).any() and (absolute >= 0).all()  # abs: false reached the method, under its own name
 
 
 @pytest.mark.parametrize(
@@ -194,6 +195,8 @@ def test_run_config_with_method_keywords_and_flag_overrides(bundle, tmp_path):
     [
         ("methds: [saliency]\n", "did you mean 'methods'"),
         ("methods:\n  - saliency: {n_steps: 3}\n", "no keyword 'n_steps'"),
+        ("methods: [saliency, {saliency: {abs: false}}]\n", "listed twice"),
+        ("methods:\n  - saliency: {as: 'a/b'}\n", "file-name-safe"),
         ("methods:\n  - integrated_gradients: {n_steps: -1}\n", "invalid n_steps=-1"),
         ("window: {mode: cubic}\n", "window.mode"),
         ("timeout: -3\n", "timeout"),
@@ -243,4 +246,4 @@ def test_spleen_bundle_with_random_weights(tmp_path):
     code = main(["-q", "explain", "--bundle", str(spleen), "--image", str(tmp_path / "ct.nii.gz"), "--methods", "saliency",
                  "--target", "mask:1:" + str(tmp_path / "ct.nii.gz"), "--out", str(out)])
     assert code == 0, manifest(out)
-    assert_aligned(out / "ct" / "saliency_mask1.nii.gz", tmp_path / "ct.nii.gz")
+    assert_aligned(out / "ct" / "saliency_mask1_ct.nii.gz", tmp_path / "ct.nii.gz")
