@@ -260,3 +260,20 @@ def test_non_finite_maps_are_refused(unet3d, volume, monkeypatch):
     monkeypatch.setattr(SaliencyMethod, "finalize", lambda self, total, options: total * float("nan"))
     with pytest.raises(FloatingPointError, match="NaN/Inf attribution"):
         Explainer(unet3d, "saliency", ArgmaxRegion(1), **WINDOWS)(volume[:1])
+
+
+@pytest.mark.parametrize("padding_mode", ["constant", "replicate"])
+def test_window_larger_than_the_image_is_padded_as_monai_does(unet3d, padding_mode):
+    """An image smaller than the window: MONAI pads it; our gradient goes through that pad."""
+    torch.manual_seed(5)
+    x = torch.rand(1, 1, 12, 16, 16)
+    target = ArgmaxRegion(1)
+    explainer = Explainer(unet3d, "saliency", target, roi_size=(16, 16, 16), padding_mode=padding_mode, abs=False)
+    ours = explainer(x)
+    prediction = sliding_window_inference(x, (16, 16, 16), 1, unet3d, padding_mode=padding_mode)
+    torch.testing.assert_close(explainer.predict(x), prediction)
+    weights = target.weights(prediction)
+    probe = x.clone().requires_grad_(True)
+    y = sliding_window_inference(probe, (16, 16, 16), 1, unet3d, padding_mode=padding_mode)
+    (reference,) = torch.autograd.grad((y * weights).sum(), probe)
+    assert relative_error(ours, reference) <= 1e-5
