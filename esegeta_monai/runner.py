@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from esegeta_monai.bundle import Bundle, load_bundle
@@ -163,16 +164,26 @@ def run_explanations(config: RunConfig, bundle: Bundle | None = None) -> RunResu
     return result
 
 
+def _target_names(spec: str) -> list[str]:
+    """The names a target spec's maps would have, without reading any mask file."""
+    try:
+        return [target.name for target in parse_targets(spec, mask_loader=lambda path: np.ones(1))]
+    except EsegetaError:
+        return [spec]
+
+
 def _explain_image(image, stem, bundle, config, window, target_specs, out, device, progress) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
 
-    def record(method: str, target: str, status: str, seconds: float, output: Path | None = None, error: str | None = None):
+    def record(method: str, target: str, status: str, seconds: float, output: Path | None = None, error: str | None = None,
+               log_it: bool = True):
         records.append({
             "image": str(image), "method": method, "target": target, "status": status,
             "seconds": round(seconds, 3), "output": str(output) if output else None, "error": error,
         })
-        log = logger.info if status == "ok" else logger.error
-        log("%s %s %s: %s (%.1fs)%s", stem, method, target, status, seconds, f" — {error}" if error else "")
+        if log_it:
+            log = logger.info if status == "ok" else logger.error
+            log("%s %s %s: %s (%.1fs)%s", stem, method, target, status, seconds, f" — {error}" if error else "")
 
     start = time.monotonic()
     try:
@@ -181,9 +192,11 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
             expected_channels=bundle.in_channels, expected_spatial_dims=bundle.spatial_dims, nan_policy=config.nan_policy,
         )
     except EsegetaError as error:
+        logger.error("%s: every method fails — %s", stem, _error_text(error))
         for spec in target_specs:
-            for method in config.methods:
-                record(method.label, spec, "failed", time.monotonic() - start, error=_error_text(error))
+            for name in _target_names(spec):
+                for method in config.methods:
+                    record(method.label, name, "failed", time.monotonic() - start, error=_error_text(error), log_it=False)
         return records
     image_tensor = data[bundle.image_key]
     x = image_tensor[None].to(device)
