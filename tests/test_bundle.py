@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 
@@ -19,15 +18,7 @@ from monai.transforms import Compose
 from esegeta_monai.bundle import Bundle, load_bundle
 from esegeta_monai.errors import BundleError
 
-def _find_zoo() -> Path:
-    """The model-zoo configs: $ESEGETA_MODEL_ZOO, <repo>/shared/model-zoo, <repo>/../shared/model-zoo."""
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("ESEGETA_MODEL_ZOO", ""), repo / "shared" / "model-zoo",
-                  repo.parent / "shared" / "model-zoo", "/work/shared/model-zoo"]
-    return next((Path(c) for c in candidates if c and Path(c).is_dir()), Path(candidates[1]))
-
-
-ZOO = _find_zoo()
+from zoo import ZOO  # noqa: E402
 pytestmark = pytest.mark.skipif(not ZOO.is_dir(), reason="model-zoo configs not available")
 
 

@@ -18,8 +18,7 @@ from esegeta_monai.methods import available_methods
 
 sys.path.insert(0, str(Path(__file__).parent))
 from tiny_bundle import make_tiny_bundle, write_image  # noqa: E402
-
-ZOO = Path(__file__).resolve().parents[1].parent / "shared" / "model-zoo"
+from zoo import ZOO  # noqa: E402
 
 
 @pytest.fixture

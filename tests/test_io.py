@@ -18,15 +18,7 @@ from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientati
 from esegeta_monai.errors import InputError, OutputError
 from esegeta_monai.io import check_output_dir, load_for_explanation, save_attribution
 
-def _find_zoo() -> Path:
-    """The model-zoo configs: $ESEGETA_MODEL_ZOO, <repo>/shared/model-zoo, <repo>/../shared/model-zoo."""
-    repo = Path(__file__).resolve().parents[1]
-    candidates = [os.environ.get("ESEGETA_MODEL_ZOO", ""), repo / "shared" / "model-zoo",
-                  repo.parent / "shared" / "model-zoo", "/work/shared/model-zoo"]
-    return next((Path(c) for c in candidates if c and Path(c).is_dir()), Path(candidates[1]))
-
-
-ZOO = _find_zoo()
+from zoo import ZOO  # noqa: E402
 SPLEEN_CONFIG = ZOO / "spleen_ct_segmentation" / "configs" / "inference.json"
 
 SHAPE = (24, 20, 16)
