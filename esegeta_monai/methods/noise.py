@@ -21,16 +21,21 @@ import torch
 from esegeta_monai.methods.base import Method, Param, non_negative_number, one_of, positive_int
 from esegeta_monai.methods.registry import get_method, register
 
-__all__ = ["NoiseTunnelMethod", "SmoothGradMethod", "draw_noise"]
+__all__ = ["NoiseTunnelMethod", "SmoothGradMethod", "SmoothGradSqMethod", "VarGradMethod", "GuidedSmoothGradMethod",
+           "draw_noise", "iter_noise"]
+
+
+def iter_noise(shape, stdevs: float, nt_samples: int, seed: int, device=None, dtype=torch.float32):
+    """The ``nt_samples`` noise tensors of one call, one at a time (memory: one volume),
+    reproducible from ``seed`` (drawn on the CPU, so identical on every device)."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    for _ in range(nt_samples):
+        yield (torch.randn(tuple(shape), generator=generator, dtype=torch.float32) * float(stdevs)).to(device=device, dtype=dtype)
 
 
 def draw_noise(shape, stdevs: float, nt_samples: int, seed: int, device=None, dtype=torch.float32):
-    """The ``nt_samples`` noise tensors used for one call, reproducible from ``seed``."""
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
-    return [
-        (torch.randn(tuple(shape), generator=generator, dtype=torch.float32) * float(stdevs)).to(device=device, dtype=dtype)
-        for _ in range(nt_samples)
-    ]
+    """All noise tensors of one call as a list (for tests and inspection)."""
+    return list(iter_noise(shape, stdevs, nt_samples, seed, device, dtype))
 
 
 class NoiseTunnelMethod(Method):
@@ -54,13 +59,13 @@ class NoiseTunnelMethod(Method):
     def run(self, window_pass, inputs, options):
         inner = get_method(self.inner)
         inner_options = {k: v for k, v in options.items() if k in inner.params}
-        noises = draw_noise(inputs.shape, options["stdevs"], options["nt_samples"], options["seed"], inputs.device)
+        noises = iter_noise(inputs.shape, options["stdevs"], options["nt_samples"], options["seed"], inputs.device)
         total = total_sq = None
         for noise in noises:
             sample = inner.run(window_pass, inputs + noise, inner_options).float()
             total = sample if total is None else total + sample
             total_sq = sample * sample if total_sq is None else total_sq + sample * sample
-        count = len(noises)
+        count = options["nt_samples"]
         if options["nt_type"] == "smoothgrad":
             return total / count
         if options["nt_type"] == "smoothgrad_sq":
@@ -73,4 +78,27 @@ class SmoothGradMethod(NoiseTunnelMethod):
     name = "smoothgrad"
     summary = "SmoothGrad: saliency averaged over noisy copies (seeded; nt_type smoothgrad|smoothgrad_sq|vargrad)"
     inner = "saliency"
+
+
+@register
+class SmoothGradSqMethod(NoiseTunnelMethod):
+    name = "smoothgrad_sq"
+    summary = "SmoothGrad-squared: mean of squared saliency over noisy copies (seeded)"
+    inner = "saliency"
+    default_type = "smoothgrad_sq"
+
+
+@register
+class VarGradMethod(NoiseTunnelMethod):
+    name = "vargrad"
+    summary = "VarGrad: variance of saliency over noisy copies (seeded)"
+    inner = "saliency"
+    default_type = "vargrad"
+
+
+@register
+class GuidedSmoothGradMethod(NoiseTunnelMethod):
+    name = "guided_smoothgrad"
+    summary = "SmoothGrad over guided backpropagation (needs nn.ReLU modules; seeded)"
+    inner = "guided_backprop"
 

@@ -1,0 +1,108 @@
+"""SHAP-style gradient methods, exact through sliding windows: GradientShap and DeepLiftShap.
+
+Both average over a set of reference images (``baselines``: a tensor ``(N, C, *spatial)``,
+a list of numbers, or None for ``[0, mean of the input]``). Their random draws are made once
+per sample for the *whole* image (seeded), so every window sees the same draw:
+
+- ``gradient_shap`` (Captum's semantics): for each of ``n_samples`` draws — a baseline
+  ``b``, ``α ~ U(0, 1)`` and Gaussian noise ``ε`` (``stdevs``) per image — the gradient at
+  ``b + α (x + ε − b)`` times ``(x + ε − b)``; the mean over draws (expected gradients).
+- ``deeplift_shap``: DeepLift against each baseline, averaged (as Captum's DeepLiftShap).
+
+Example:
+    >>> import torch
+    >>> from esegeta_monai.methods.shap import baseline_set
+    >>> baseline_set(None, torch.ones(2, 1, 4, 4)).shape      # zeros and the input's mean
+    torch.Size([2, 1, 4, 4])
+"""
+
+from __future__ import annotations
+
+import torch
+
+from esegeta_monai.errors import MethodError
+from esegeta_monai.methods.base import Method, Param, non_negative_number, positive_int
+from esegeta_monai.methods.registry import get_method, register
+
+__all__ = ["baseline_set", "gradient_shap_draws", "GradientShapMethod", "DeepLiftShapMethod"]
+
+
+def _baselines_ok(value) -> bool:
+    return value is None or torch.is_tensor(value) or (isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
+
+
+BASELINE_SET = Param(None, _baselines_ok, "reference images", "None, a list of numbers, or a tensor (N, C, *spatial)")
+SEED = Param(0, lambda v: isinstance(v, int) and not isinstance(v, bool), "random seed", "an int")
+
+
+def baseline_set(spec, inputs: torch.Tensor) -> torch.Tensor:
+    """The reference images ``(N, C, *spatial)``: None → ``[0, mean(inputs)]``; numbers →
+    constant images; a tensor of one image's shape (or with a leading N) as is."""
+    one = inputs[:1]
+    if spec is None:
+        spec = [0.0, float(inputs.mean())]
+    if isinstance(spec, (list, tuple)):
+        return torch.cat([torch.full_like(one, float(v)) for v in spec])
+    spec = spec.to(device=inputs.device, dtype=inputs.dtype)
+    if spec.shape == one.shape[1:]:
+        spec = spec[None]
+    if spec.shape[1:] != one.shape[1:]:
+        raise MethodError(f"baselines of shape {tuple(spec.shape)} do not match one input image {tuple(one.shape[1:])}; give (N, C, *spatial)")
+    return spec
+
+
+def gradient_shap_draws(batch: int, n_baselines: int, n_samples: int, shape, stdevs: float, seed: int):
+    """The draws of one ``gradient_shap`` call: ``(baseline index per image, α per image,
+    noise)`` for each sample, reproducible from ``seed`` (drawn on the CPU)."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    for _ in range(n_samples):
+        index = torch.randint(n_baselines, (batch,), generator=generator)
+        alpha = torch.rand(batch, generator=generator)
+        noise = torch.randn(tuple(shape), generator=generator) * float(stdevs)
+        yield index, alpha, noise
+
+
+@register
+class GradientShapMethod(Method):
+    name = "gradient_shap"
+    family = "gradient"
+    summary = "GradientShap: expected gradients × (input − baseline) over random baselines, α and noise (seeded)"
+    params = {
+        "n_samples": Param(8, positive_int, "number of random draws", "a positive int"),
+        "stdevs": Param(0.0, non_negative_number, "noise added to the input (input units)", "a number ≥ 0"),
+        "baselines": BASELINE_SET,
+        "seed": SEED,
+    }
+
+    def run(self, window_pass, inputs, options):
+        saliency = get_method("saliency")
+        references = baseline_set(options["baselines"], inputs)
+        spatial = (1,) * (inputs.ndim - 1)
+        total = torch.zeros_like(inputs, dtype=torch.float32)
+        draws = gradient_shap_draws(inputs.shape[0], len(references), options["n_samples"], inputs.shape, options["stdevs"], options["seed"])
+        for index, alpha, noise in draws:
+            noisy = inputs + noise.to(inputs.device)
+            base = references[index.to(inputs.device)]
+            point = base + alpha.to(inputs.device).view(-1, *spatial) * (noisy - base)
+            total += saliency.run(window_pass, point, {"abs": False}) * (noisy - base)
+        return total / options["n_samples"]
+
+
+@register
+class DeepLiftShapMethod(Method):
+    name = "deeplift_shap"
+    family = "gradient"
+    summary = "DeepLiftShap: DeepLift averaged over a set of baselines (complete against their mean for ReLU networks)"
+    params = {"baselines": BASELINE_SET, "multiply_by_inputs": Param(True, lambda v: isinstance(v, bool), expects="True or False")}
+    amp_safe = False
+    amp_note = "DeepLift's rescale rule underflows in float16"
+
+    def run(self, window_pass, inputs, options):
+        deeplift = get_method("deeplift")
+        references = baseline_set(options["baselines"], inputs)
+        total = torch.zeros_like(inputs, dtype=torch.float32)
+        for reference in references:
+            dl_options = deeplift.validate({"baselines": reference[None], "multiply_by_inputs": options["multiply_by_inputs"]})
+            total += deeplift.run(window_pass, inputs, dl_options)
+        return total / len(references)
