@@ -3,6 +3,7 @@
 Subcommands:
     explain   explain a bundle's model on images, write aligned NIfTI maps and a manifest
     methods   list the registered methods
+    layers    list a bundle network's layers (names for CAMs) with output shapes
     targets   list the target kinds
 
 Exit codes: 0 all records ok; 1 some record failed or timed out; 2 nothing could run
@@ -21,8 +22,9 @@ import json
 import logging
 import sys
 
-from esegeta_monai.config import RunConfig, load_run_config
+from esegeta_monai.config import RunConfig, load_run_config, parse_methods
 from esegeta_monai.errors import EsegetaError
+from esegeta_monai.methods import get_method
 
 __all__ = ["main", "build_parser"]
 
@@ -61,7 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--sw-batch-size", type=int, help="override the bundle's windows per batch")
     explain.add_argument("--local", action="store_true", default=None, help="explain each window against its own output (TorchEsegeta behaviour)")
     explain.add_argument("--nan-policy", choices=("error", "zero"), help="NaN/Inf voxels: refuse (default) or set to 0")
+    explain.add_argument("--layer", help="module name of the layer for CAM/layer methods (see `esegeta layers`)")
     explain.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    layers = sub.add_parser("layers", parents=[common], help="list a bundle network's layers and their output shapes")
+    layers.add_argument("--bundle", required=True, help="MONAI bundle folder")
+    layers.add_argument("--weights", help="weights file (default: BUNDLE/models/model.pt)")
+    layers.add_argument("--contains", help="only layers whose name or type contains this text")
 
     methods = sub.add_parser("methods", parents=[common], help="list the registered methods")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
@@ -80,7 +88,11 @@ def _config_from_args(args) -> RunConfig:
         if value is not None:
             setattr(config, key, value)
     if args.methods:
-        config.methods = RunConfig.from_mapping({"methods": args.methods}, source="--methods").methods
+        config.methods = parse_methods(args.methods, "--methods")  # validated below, after --layer
+    if args.layer:
+        for spec in config.methods:
+            if "layer" in get_method(spec.name).params and "layer" not in spec.options:
+                spec.options["layer"] = args.layer
     for key, value in (("roi_size", args.roi_size), ("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size)):
         if value is not None:
             config.window[key] = value
@@ -122,6 +134,31 @@ def _methods(args) -> int:
     return 0
 
 
+def _layers(args) -> int:
+    import torch
+
+    from esegeta_monai.bundle import load_bundle
+    from esegeta_monai.io import load_for_explanation
+    from esegeta_monai.layers import layer_table
+
+    bundle = load_bundle(args.bundle, weights=args.weights)
+    roi = bundle.inferer.get("roi_size")
+    if roi is not None and bundle.in_channels:
+        example = torch.zeros((1, bundle.in_channels, *roi))
+    elif bundle.samples:
+        example = load_for_explanation(bundle.samples[0], bundle.preprocessing, bundle.image_key)[bundle.image_key][None].as_tensor()
+    else:
+        raise EsegetaError(f"bundle {bundle.root}: no window size and no sample input to run the network on; add a sample/ image")
+    rows = layer_table(bundle.network, example.to(bundle.device))
+    if args.contains:
+        rows = [r for r in rows if args.contains in r["name"] or args.contains in r["type"]]
+    width = max((len(r["name"]) for r in rows), default=4)
+    print(f"{'name'.ljust(width)}  {'type'.ljust(20)}  output shape for input {tuple(example.shape)}")
+    for row in rows:
+        print(f"{row['name'].ljust(width)}  {row['type'].ljust(20)}  {row['output_shape']}")
+    return 0
+
+
 def _targets(args) -> int:
     from esegeta_monai.targets import TARGET_KINDS
 
@@ -136,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("esegeta_monai").setLevel(level)
     try:
-        return {"explain": _explain, "methods": _methods, "targets": _targets}[args.command](args)
+        return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers}[args.command](args)
     except EsegetaError as error:
         print(f"esegeta: error: {error}", file=sys.stderr)
         return 2

@@ -38,7 +38,7 @@ from esegeta_monai.errors import ConfigError, EsegetaError
 from esegeta_monai.methods import get_method
 from esegeta_monai.targets import TARGET_KINDS
 
-__all__ = ["MethodSpec", "RunConfig", "load_run_config", "DEFAULT_METHODS"]
+__all__ = ["MethodSpec", "RunConfig", "load_run_config", "parse_methods", "DEFAULT_METHODS"]
 
 #: what runs when no method is named: fast, exact, and one complete (axiomatic) method
 DEFAULT_METHODS = (("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"n_steps": 16}))
@@ -90,7 +90,7 @@ class RunConfig:
                 raise ConfigError(f"{source}: unknown key {key!r}{hint}; allowed keys: {', '.join(allowed)}")
         values = dict(mapping)
         if "methods" in values:
-            values["methods"] = _methods(values["methods"], source)
+            values["methods"] = parse_methods(values["methods"], source)
         if "images" in values:
             values["images"] = _string_list(values["images"], "images", source)
         if "targets" in values:
@@ -143,7 +143,8 @@ class RunConfig:
             raise ConfigError(f"{source}: out must be a folder path, got {self.out!r}")
 
 
-def _methods(value, source) -> list[MethodSpec]:
+def parse_methods(value, source) -> list[MethodSpec]:
+    """Method entries (names, or names with keywords) as specs; not validated yet."""
     if isinstance(value, str):
         value = [v.strip() for v in value.split(",") if v.strip()]
     if not isinstance(value, list) or not value:

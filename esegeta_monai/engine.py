@@ -151,11 +151,16 @@ class WindowPass:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise MethodTimeout(f"{self.label}: time budget exceeded after {done}/{total} window batches")
 
-    def linear(self, inputs: torch.Tensor, window_fn: WindowFn, window_tensors: dict[str, torch.Tensor] | None = None):
+    def linear(self, inputs: torch.Tensor, window_fn: WindowFn, window_tensors: dict[str, torch.Tensor] | None = None,
+               blend: bool = False):
+        """Sum ``window_fn``'s window results into the volume (``blend=True``: weight each by
+        the importance map and divide by ``W``, as the prediction is blended — for maps that
+        are not linear in the output gradient, such as CAMs). Returns the unpadded result."""
         plan = self.plan
+        blend = blend or self.local
         padded = plan.pad_input(inputs)
         full = {k: plan.pad_input(_expand_like(v, inputs)) for k, v in (window_tensors or {}).items()}
-        total = torch.zeros(padded.shape, dtype=torch.float32, device=padded.device)
+        total = None
         pairs = self._active_windows(inputs.shape[0])
         groups = list(self._groups(pairs))
         importance = plan.window_weights(padded.device)
@@ -167,16 +172,20 @@ class WindowPass:
                 crops = {k: _gather(v, group) for k, v in full.items()}
                 weight = self._window_weights(x_win, group, importance)
                 attribution = window_fn(self.module, x_win, weight, crops).float()
-                if self.local:
+                if blend:
                     attribution = attribution * importance
+                if total is None:
+                    total = torch.zeros((padded.shape[0], attribution.shape[1], *padded.shape[2:]), dtype=torch.float32, device=padded.device)
                 for (b, window), value in zip(group, attribution):
                     total[(slice(b, b + 1), slice(None), *window)] += value
                 self.windows_run += len(group)
                 bar.update(len(group))
         finally:
             bar.close()
-        if self.local:
-            total = total.div_(plan.normaliser())
+        if total is None:  # no window reaches the target
+            total = torch.zeros(padded.shape, dtype=torch.float32, device=padded.device)
+        if blend:
+            return plan.unpad(total.div_(plan.normaliser()))
         return self._unpad(total, inputs)
 
     def _window_weights(self, x_win, group, importance):
@@ -273,7 +282,8 @@ class Explainer:
             :class:`~esegeta_monai.errors.MethodTimeout`.
         method_kwargs: the method's own keywords (e.g. ``abs=False``, ``n_steps=16``).
 
-    Calling the explainer on ``x`` returns attributions shaped like ``x``; a MetaTensor
+    Calling the explainer on ``x`` returns attributions shaped like ``x`` (one channel for
+    CAMs); a MetaTensor
     input gives a MetaTensor with the same meta. ``prediction=`` reuses a sliding-window
     prediction computed elsewhere (e.g. by a bundle's evaluator).
     """

@@ -246,3 +246,15 @@ def test_spleen_bundle_with_random_weights(tmp_path):
                  "--target", "mask:1:" + str(tmp_path / "ct.nii.gz"), "--out", str(out)])
     assert code == 0, manifest(out)
     assert_aligned(out / "ct" / "saliency_mask1_ct.nii.gz", tmp_path / "ct.nii.gz")
+
+
+def test_layers_listing_and_cam_with_layer_flag(bundle, tmp_path, capsys):
+    assert main(["layers", "--bundle", str(bundle), "--contains", "Conv3d"]) == 0
+    listing = capsys.readouterr().out
+    assert "model.1.submodule.0.conv.unit0.conv            Conv3d                (1, 8, 4, 4, 4)" in listing
+    out = tmp_path / "out"
+    assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "gradcam,saliency", "--layer", "model.1.submodule.0",
+                 "--out", str(out)]) == 0
+    assert_aligned(out / "blob" / "gradcam_argmax1.nii.gz", bundle / "sample" / "blob.nii.gz")
+    assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "gradcam", "--out", str(tmp_path / "o2")]) == 2
+    assert "needs layer=" in capsys.readouterr().err
