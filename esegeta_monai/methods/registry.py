@@ -50,4 +50,4 @@ def method_table() -> list[dict[str, str]]:
 
 def _load_families() -> None:
     # importing a family module registers its methods
-    from esegeta_monai.methods import cam, gradient, noise, shap  # noqa: F401
+    from esegeta_monai.methods import cam, gradient, layer, noise, shap  # noqa: F401
