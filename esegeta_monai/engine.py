@@ -133,14 +133,19 @@ class WindowPass:
         self.deadline = deadline
         self.label = label
         self.windows_run = 0
+        self._active: dict[int, list] = {}  # batch size -> windows reaching the target
 
     def _active_windows(self, batch: int) -> list[tuple[int, tuple[slice, ...]]]:
-        pairs = [(b, window) for b in range(batch) for window in self.plan.slices]
-        if self.output_weights is None or self.output_weights.ndim == 2:
-            return pairs
-        # one transfer of the support to the CPU, not one device sync per window
-        support = (self.output_weights[:, 0] != 0).cpu().numpy()
-        return [(b, w) for b, w in pairs if support[(b, *w)].any()]
+        """The (sample, window) pairs whose share of the target is not zero; computed once per
+        call, though noise-tunnel and SHAP methods run several passes."""
+        if batch not in self._active:
+            pairs = [(b, window) for b in range(batch) for window in self.plan.slices]
+            if self.output_weights is not None and self.output_weights.ndim != 2:
+                # one transfer of the support to the CPU, not one device sync per window
+                support = (self.output_weights[:, 0] != 0).cpu().numpy()
+                pairs = [(b, w) for b, w in pairs if support[(b, *w)].any()]
+            self._active[batch] = pairs
+        return self._active[batch]
 
     def _groups(self, pairs):
         size = len(pairs) if self.plan.single else self.sw_batch_size
@@ -192,7 +197,7 @@ class WindowPass:
         if not self.local:
             if self.output_weights.ndim == 2:  # classification: (B, 1)
                 return self.output_weights[[b for b, _ in group]]
-            return _gather(self.output_weights, group) * (1.0 if self.plan.single else importance)
+            return _gather(self.output_weights, group) * importance  # ones for a single window
         # local: each window against its own output (TorchEsegeta's patch behaviour)
         if self.target.needs_prediction:
             with torch.no_grad():
@@ -324,6 +329,7 @@ class Explainer:
         self.progress = progress
         self.timeout = timeout
         self.last_pass: WindowPass | None = None
+        self._output_shapes: dict[tuple, tuple[int, ...]] = {}
         if self.amp and not self.method.amp_safe:
             logger.info("%s runs its forwards in float32: %s", self.method.name, self.method.amp_note)
         if self.sw_batch_size < 1:
@@ -395,13 +401,11 @@ class Explainer:
     def _output_shape(self, x: torch.Tensor, plan: WindowPlan) -> tuple[int, ...]:
         """Shape of the stitched output, from one window's forward (cached)."""
         key = (tuple(x.shape[2:]), tuple(plan.importance.shape[2:]))
-        cached = getattr(self, "_shape_cache", {})
-        if key not in cached:
+        if key not in self._output_shapes:
             with torch.no_grad():
                 window = plan.pad_input(x[:1])[(slice(None), slice(None), *plan.slices[0])]
-                cached[key] = tuple(first_output(self.network(window)).shape[1:])
-            self._shape_cache = cached
-        channels_and_space = cached[key]
+                self._output_shapes[key] = tuple(first_output(self.network(window)).shape[1:])
+        channels_and_space = self._output_shapes[key]
         if len(channels_and_space) == 1:
             return (x.shape[0], channels_and_space[0])
         return (x.shape[0], channels_and_space[0], *x.shape[2:])
@@ -414,8 +418,9 @@ class Explainer:
                     prediction = self._predict(x, plan)
             prediction = (prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction).to(x.device)
             output = prediction
-        else:  # only the shape matters: an expanded zero costs no memory
-            output = torch.zeros((), device=x.device).expand(self._output_shape(x, plan))
+        else:  # only the shape matters (from a given prediction, else one window's forward); an expanded zero costs no memory
+            shape = tuple(prediction.shape) if prediction is not None else self._output_shape(x, plan)
+            output = torch.zeros((), device=x.device).expand(shape)
         _check_output_grid(output, x, plan, self.target)
         weights = self.target.channel_weights(output)
         if output.ndim == 2:

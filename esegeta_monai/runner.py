@@ -145,7 +145,7 @@ def run_explanations(config: RunConfig, bundle: Bundle | None = None) -> RunResu
     out = check_output_dir(config.out)
     window = _window_settings(bundle, config)
     target_specs = list(config.targets) or default_targets(bundle)
-    progress = config.progress if config.progress is not None else None
+    progress = bool(config.progress)
     manifest = out / "manifest.json"
     result = RunResult(manifest=manifest)
     used_stems: dict[str, int] = {}

@@ -103,8 +103,7 @@ class CamMethod(_NeedsLayer, Method):
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
 
-    def cam(self, module, x, weight, options) -> torch.Tensor:
-        layer = find_layer(module.network, options["layer"])
+    def cam(self, module, layer, x, weight, options) -> torch.Tensor:
         activation, gradient = layer_activation_and_gradient(module, layer, x, weight)
         if activation.ndim != x.ndim:
             raise MethodError(f"layer {options['layer']!r} has output shape {tuple(activation.shape)}: a CAM needs a spatial layer (B, C, *spatial)")
@@ -112,8 +111,8 @@ class CamMethod(_NeedsLayer, Method):
         return upsample(F.relu((weights * activation).sum(1, keepdim=True)), x.shape[2:])
 
     def run(self, window_pass, inputs, options):
-        find_layer(window_pass.module.network, options["layer"])  # fail before any window
-        maps = window_pass.linear(inputs, lambda module, x, weight, crops: self.cam(module, x, weight, options), blend=True)
+        layer = find_layer(window_pass.module.network, options["layer"])  # once, and before any window
+        maps = window_pass.linear(inputs, lambda module, x, weight, crops: self.cam(module, layer, x, weight, options), blend=True)
         return _normalize(maps) if options["normalize"] else maps
 
 

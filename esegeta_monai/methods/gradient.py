@@ -44,6 +44,7 @@ def _baseline_ok(value) -> bool:
 
 BASELINES = Param(None, _baseline_ok, "reference input: None (zeros), a number, or a tensor shaped like the input",
                   "None, a number, or a tensor shaped like the input")
+MULTIPLY_BY_INPUTS = Param(True, is_bool, "multiply by (input − baseline)", "True or False")
 INTERNAL_BATCH = Param(None, lambda v: v is None or positive_int(v), "Captum internal_batch_size", "None or a positive int")
 
 
@@ -113,7 +114,7 @@ class IntegratedGradientsMethod(CaptumGradientMethod):
         "method": Param("gausslegendre", one_of("gausslegendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")),
         "baselines": BASELINES,
         "internal_batch_size": INTERNAL_BATCH,
-        "multiply_by_inputs": Param(True, is_bool, "multiply by (input − baseline)", "True or False"),
+        "multiply_by_inputs": MULTIPLY_BY_INPUTS,
     }
     init_params = ("multiply_by_inputs",)
     window_tensors = ("baselines",)
@@ -142,7 +143,7 @@ class DeepLiftMethod(CaptumGradientMethod):
     captum_class = DeepLift
     params = {
         "baselines": BASELINES,
-        "multiply_by_inputs": Param(True, is_bool, "multiply by (input − baseline)", "True or False"),
+        "multiply_by_inputs": MULTIPLY_BY_INPUTS,
         "eps": Param(1e-10, lambda v: isinstance(v, float) and v > 0, "rescale-rule epsilon", "a positive float"),
     }
     init_params = ("multiply_by_inputs", "eps")

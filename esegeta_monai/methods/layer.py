@@ -28,7 +28,7 @@ from captum.attr import (
 
 from esegeta_monai.methods.base import Method, Param, is_bool, one_of, positive_int
 from esegeta_monai.methods.cam import LAYER, _NeedsLayer, find_layer, upsample
-from esegeta_monai.methods.gradient import BASELINES, INTERNAL_BATCH
+from esegeta_monai.methods.gradient import BASELINES, INTERNAL_BATCH, MULTIPLY_BY_INPUTS
 from esegeta_monai.methods.registry import register
 
 __all__ = ["CaptumLayerMethod", "reduce_channels"]
@@ -54,13 +54,12 @@ class CaptumLayerMethod(_NeedsLayer, Method):
     params = {"layer": LAYER, "reduce": REDUCE}
 
     def run(self, window_pass, inputs, options):
-        find_layer(window_pass.module.network, options["layer"])  # fail before any window
+        layer = find_layer(window_pass.module.network, options["layer"])  # once, and before any window
         tensors = {k: options[k] for k in self.window_tensors if torch.is_tensor(options.get(k))}
-        return window_pass.linear(inputs, lambda module, x, weight, crops: self.window_map(module, x, weight, options, crops),
+        return window_pass.linear(inputs, lambda module, x, weight, crops: self.window_map(module, layer, x, weight, options, crops),
                                   window_tensors=tensors, blend=True)
 
-    def window_map(self, module, x, weight, options, crops):
-        layer = find_layer(module.network, options["layer"])
+    def window_map(self, module, layer, x, weight, options, crops):
         init = {k: options[k] for k in self.init_params}
         call = {k: v for k, v in options.items() if k not in (*self.init_params, "layer", "reduce")}
         call.update(crops)
@@ -102,7 +101,7 @@ class LayerGradientXActivationMethod(CaptumLayerMethod):
     name = "layer_gradient_x_activation"
     summary = "layer gradient × activation"
     captum_class = LayerGradientXActivation
-    params = {**CaptumLayerMethod.params, "multiply_by_inputs": Param(True, is_bool, expects="True or False")}
+    params = {**CaptumLayerMethod.params, "multiply_by_inputs": MULTIPLY_BY_INPUTS}
     init_params = ("multiply_by_inputs",)
 
 
@@ -111,7 +110,7 @@ class LayerDeepLiftMethod(CaptumLayerMethod):
     name = "layer_deeplift"
     summary = "DeepLift attributed to a layer's activations"
     captum_class = LayerDeepLift
-    params = {**CaptumLayerMethod.params, "baselines": BASELINES, "multiply_by_inputs": Param(True, is_bool, expects="True or False")}
+    params = {**CaptumLayerMethod.params, "baselines": BASELINES, "multiply_by_inputs": MULTIPLY_BY_INPUTS}
     init_params = ("multiply_by_inputs",)
     window_tensors = ("baselines",)
     amp_safe = False
@@ -125,5 +124,5 @@ class LayerGradCamMethod(CaptumLayerMethod):
     captum_class = LayerGradCam
     params = {"layer": LAYER, "relu_attributions": Param(False, is_bool, expects="True or False")}
 
-    def window_map(self, module, x, weight, options, crops):
-        return super().window_map(module, x, weight, {**options, "reduce": "none"}, crops)  # already one channel
+    def window_map(self, module, layer, x, weight, options, crops):
+        return super().window_map(module, layer, x, weight, {**options, "reduce": "none"}, crops)  # already one channel

@@ -22,6 +22,7 @@ import torch
 
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import Method, Param, non_negative_number, positive_int
+from esegeta_monai.methods.gradient import MULTIPLY_BY_INPUTS
 from esegeta_monai.methods.registry import get_method, register
 
 __all__ = ["baseline_set", "gradient_shap_draws", "GradientShapMethod", "DeepLiftShapMethod"]
@@ -94,7 +95,7 @@ class DeepLiftShapMethod(Method):
     name = "deeplift_shap"
     family = "gradient"
     summary = "DeepLiftShap: DeepLift averaged over a set of baselines (complete against their mean for ReLU networks)"
-    params = {"baselines": BASELINE_SET, "multiply_by_inputs": Param(True, lambda v: isinstance(v, bool), expects="True or False")}
+    params = {"baselines": BASELINE_SET, "multiply_by_inputs": MULTIPLY_BY_INPUTS}
     amp_safe = False
     amp_note = "DeepLift's rescale rule underflows in float16"
 
