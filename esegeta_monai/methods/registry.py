@@ -49,5 +49,16 @@ def method_table() -> list[dict[str, str]]:
 
 
 def _load_families() -> None:
-    # importing a family module registers its methods
-    from esegeta_monai.methods import cam, gradient, layer, noise, shap  # noqa: F401
+    """Import every family module of this package once: importing one registers its methods,
+    so a new family is one new file, with no list to edit here."""
+    import importlib
+    import pkgutil
+
+    import esegeta_monai.methods as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name not in _NOT_FAMILIES:
+            importlib.import_module(f"{package.__name__}.{module.name}")
+
+
+_NOT_FAMILIES = {"base", "registry"}
