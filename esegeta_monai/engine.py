@@ -37,12 +37,12 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from tqdm.auto import tqdm
 
-from esegeta_monai.errors import InputError, MethodTimeout, TargetError
+from esegeta_monai.errors import InputError, MethodError, MethodTimeout, TargetError
 from esegeta_monai.methods import Method, get_method
 from esegeta_monai.targets import Target, parse_targets
-from esegeta_monai.windows import WindowPlan, plan_windows
+from esegeta_monai.windows import WindowPlan, layer_affine, layer_grid, plan_windows
 
-__all__ = ["Explainer", "WindowPass", "first_output", "frozen_eval", "predict"]
+__all__ = ["Explainer", "WindowPass", "first_output", "frozen_eval", "layer_affine", "layer_grid", "predict"]
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,11 @@ class WindowPass:
     for each batch of windows, where ``module(x_win, weight_win)`` is the window's share
     of the target and ``crops`` holds the window crops of full-size tensors (baselines).
     It returns the summed attribution on the unpadded input grid.
+
+    Blended window results may lie on a coarser grid than the window (a layer's own grid,
+    ``resolution="layer"``): they are then blended on that grid (:func:`layer_grid`), and
+    ``scale`` records the factor per axis (input voxels per map voxel; ones when the results
+    are on the input grid, None before any window ran).
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class WindowPass:
         self.deadline = deadline
         self.label = label
         self.windows_run = 0
+        self.scale: tuple[float, ...] | None = None
         self._active: dict[int, list] = {}  # batch size -> windows reaching the target
 
     def _active_windows(self, batch: int) -> list[tuple[int, tuple[slice, ...]]]:
@@ -160,29 +166,32 @@ class WindowPass:
                blend: bool = False):
         """Sum ``window_fn``'s window results into the volume (``blend=True``: weight each by
         the importance map and divide by ``W``, as the prediction is blended — for maps that
-        are not linear in the output gradient, such as CAMs). Returns the unpadded result."""
-        plan = self.plan
+        are not linear in the output gradient, such as CAMs; such maps may be on a layer's
+        coarser grid). Returns the unpadded result."""
+        plan = grid = self.plan
         blend = blend or self.local
         padded = plan.pad_input(inputs)
         full = {k: plan.pad_input(_expand_like(v, inputs)) for k, v in (window_tensors or {}).items()}
         total = None
         pairs = self._active_windows(inputs.shape[0])
         groups = list(self._groups(pairs))
-        importance = plan.window_weights(padded.device)
+        window_importance = plan.window_weights(padded.device)
         bar = tqdm(total=len(pairs), desc=self.label or "windows", unit="win", disable=not self.progress, leave=False)
         try:
             for done, group in enumerate(groups):
                 self._check_deadline(done, len(groups))
                 x_win = _gather(padded, group).requires_grad_(True)
                 crops = {k: _gather(v, group) for k, v in full.items()}
-                weight = self._window_weights(x_win, group, importance)
+                weight = self._window_weights(x_win, group, window_importance)
                 attribution = window_fn(self.module, x_win, weight, crops).float()
+                if total is None:
+                    grid, on_grid = self._result_grid(attribution, x_win, blend)
+                    importance = grid.window_weights(padded.device)
+                    total = torch.zeros((padded.shape[0], attribution.shape[1], *grid.padded_shape), dtype=torch.float32, device=padded.device)
                 if blend:
                     attribution = attribution * importance
-                if total is None:
-                    total = torch.zeros((padded.shape[0], attribution.shape[1], *padded.shape[2:]), dtype=torch.float32, device=padded.device)
                 for (b, window), value in zip(group, attribution):
-                    total[(slice(b, b + 1), slice(None), *window)] += value
+                    total[(slice(b, b + 1), slice(None), *on_grid[_starts(window)])] += value
                 self.windows_run += len(group)
                 bar.update(len(group))
         finally:
@@ -190,8 +199,22 @@ class WindowPass:
         if total is None:  # no window reaches the target
             total = torch.zeros(padded.shape, dtype=torch.float32, device=padded.device)
         if blend:
-            return plan.unpad(total.div_(plan.normaliser()))
+            return grid.unpad(total.div_(grid.normaliser()))
         return self._unpad(total, inputs)
+
+    def _result_grid(self, attribution, x_win, blend: bool):
+        """The plan on the grid of the window results, and each window's slices on it by the
+        window's start; sets ``scale``."""
+        plan, ndim = self.plan, x_win.ndim - 2
+        if tuple(attribution.shape[2:]) == tuple(x_win.shape[2:]):
+            self.scale = (1.0,) * ndim
+            grid = plan
+        elif not blend or attribution.ndim != x_win.ndim:
+            raise MethodError(f"{self.label}: a window result of shape {tuple(attribution.shape)} does not match its window "
+                              f"{tuple(x_win.shape)}; only blended maps may be on a layer's grid")
+        else:
+            grid, self.scale = layer_grid(plan, attribution.shape[2:])
+        return grid, {_starts(w): g for w, g in zip(plan.slices, grid.slices)}
 
     def _window_weights(self, x_win, group, importance):
         if not self.local:
@@ -215,6 +238,10 @@ class WindowPass:
             probe = torch.zeros_like(inputs, dtype=torch.float32, requires_grad=True)
             (adjoint,) = torch.autograd.grad(plan.pad_input(probe), probe, grad_outputs=total)
         return adjoint
+
+
+def _starts(window: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(int(s.start) for s in window)
 
 
 def _gather(volume: torch.Tensor, group) -> torch.Tensor:
@@ -288,9 +315,15 @@ class Explainer:
         method_kwargs: the method's own keywords (e.g. ``abs=False``, ``n_steps=16``).
 
     Calling the explainer on ``x`` returns attributions shaped like ``x`` (one channel for
-    CAMs); a MetaTensor
-    input gives a MetaTensor with the same meta. ``prediction=`` reuses a sliding-window
-    prediction computed elsewhere (e.g. by a bundle's evaluator).
+    CAMs); a MetaTensor input gives a MetaTensor with the same meta. ``prediction=`` reuses a
+    sliding-window prediction computed elsewhere (e.g. by a bundle's evaluator).
+
+    Layer-resolution maps (``resolution="layer"``) are on the layer's grid: ``last_scale``
+    holds the factor per axis (input voxels per map voxel; ones for input-resolution maps),
+    and for a MetaTensor input the map's affine is :func:`layer_affine` of the input's (its
+    voxels placed in world space), with no ``applied_operations`` — it cannot be inverted
+    through the preprocessing transforms, but written with its own affine it overlays the
+    input in world coordinates.
     """
 
     def __init__(
@@ -329,6 +362,7 @@ class Explainer:
         self.progress = progress
         self.timeout = timeout
         self.last_pass: WindowPass | None = None
+        self.last_scale: tuple[float, ...] | None = None
         self._output_shapes: dict[tuple, tuple[int, ...]] = {}
         if self.amp and not self.method.amp_safe:
             logger.info("%s runs its forwards in float32: %s", self.method.name, self.method.amp_note)
@@ -355,15 +389,16 @@ class Explainer:
                 deadline=deadline,
                 label=f"{self.method.name} {self.target.name}",
             )
-            attribution = self.method.run(window_pass, x, self.options).float()
+            attribution = self.method.run(window_pass, x, self.options).detach().float()
         self.last_pass = window_pass
+        self.last_scale = window_pass.scale or (1.0,) * (x.ndim - 2)
         if not bool(torch.isfinite(attribution.amax()) & torch.isfinite(attribution.amin())):  # no volume-sized temporary
             bad = int((~torch.isfinite(attribution)).sum())
             hint = " (try without amp)" if self.amp else ""
             raise FloatingPointError(f"{self.method.name} {self.target.name}: {bad} NaN/Inf attribution values{hint}; nothing written")
         logger.debug("%s %s: %d windows in %.2fs", self.method.name, self.target.name, window_pass.windows_run, time.monotonic() - start)
         if isinstance(inputs, MetaTensor):
-            return MetaTensor(attribution, meta=inputs.meta, applied_operations=inputs.applied_operations)
+            return _with_meta(attribution, inputs, self.last_scale)
         return attribution
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -445,6 +480,24 @@ def _check_output_grid(output: torch.Tensor, x: torch.Tensor, plan: WindowPlan, 
             f"{target.name}: output spatial shape {tuple(output.shape[2:])} differs from the input's "
             f"{tuple(x.shape[2:])}; networks that change resolution are not supported yet"
         )
+
+
+def _with_meta(attribution: torch.Tensor, inputs: MetaTensor, scale: tuple[float, ...]) -> MetaTensor:
+    """The input's meta on the map; a layer-grid map gets :func:`layer_affine` and no
+    ``applied_operations`` (the preprocessing's inverses do not apply to its grid)."""
+    result = _with_meta_of(attribution, inputs)
+    if any(f != 1 for f in scale):
+        result.applied_operations = []
+        result.affine = layer_affine(inputs.affine, scale)
+    return result
+
+
+def _with_meta_of(attribution: torch.Tensor, inputs: MetaTensor) -> MetaTensor:
+    """``attribution`` as a MetaTensor carrying the meta (batched or not) and the
+    ``applied_operations`` of ``inputs``."""
+    out = MetaTensor(attribution)
+    out.copy_meta_from(inputs, copy_attr=True)
+    return out
 
 
 def _single_target(target) -> Target:

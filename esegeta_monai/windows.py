@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map, dense_patch_slices
 from monai.utils import ensure_tuple_rep, fall_back_tuple
 
-from esegeta_monai.errors import ConfigError
+from esegeta_monai.errors import ConfigError, MethodError
 
 try:  # MONAI's own scan-interval rule (private helper, stable since 0.x)
     from monai.inferers.utils import _get_scan_interval
@@ -42,7 +42,10 @@ except ImportError:  # pragma: no cover - fallback with the same rule
         )
 
 
-__all__ = ["WindowPlan", "plan_windows"]
+__all__ = ["WindowPlan", "plan_windows", "inferer_settings", "layer_grid", "layer_affine", "WINDOW_SETTINGS"]
+
+#: the sliding-window settings an inferer carries, as ``SlidingWindowInferer`` names them
+WINDOW_SETTINGS = ("roi_size", "overlap", "mode", "sw_batch_size", "sigma_scale", "padding_mode", "cval")
 
 
 @dataclass
@@ -143,3 +146,119 @@ def plan_windows(
         importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device)[None, None]
         importance = importance.to(torch.float32)
     return WindowPlan(spatial_shape, padded, pad, slices, importance, padding_mode, cval)
+
+
+def inferer_settings(inferer, spatial_dims: int | None = None) -> dict:
+    """The window settings of a MONAI inferer, as plain Python values.
+
+    A ``SlidingWindowInferer`` (anything with ``roi_size``) gives its ``roi_size`` (an int
+    repeated over ``spatial_dims``), ``overlap``, ``mode``, ``sw_batch_size``,
+    ``sigma_scale``, ``padding_mode`` and ``cval``; any other inferer (``SimpleInferer``,
+    ``None``) means the whole image at once: ``{"roi_size": None}``.
+
+    Example:
+        >>> from monai.inferers import SimpleInferer, SlidingWindowInferer
+        >>> inferer_settings(SlidingWindowInferer(64, overlap=0.5), spatial_dims=3)["roi_size"]
+        (64, 64, 64)
+        >>> inferer_settings(SimpleInferer())
+        {'roi_size': None}
+    """
+    if inferer is None or not hasattr(inferer, "roi_size"):
+        return {"roi_size": None}
+    settings = {key: _plain(getattr(inferer, key)) for key in WINDOW_SETTINGS if hasattr(inferer, key)}
+    roi = settings.get("roi_size")
+    if isinstance(roi, int):
+        if not spatial_dims:
+            raise ConfigError(f"the inferer's roi_size is one number ({roi}); say how many spatial dimensions the image has")
+        settings["roi_size"] = (roi,) * spatial_dims
+    elif roi is not None:
+        if not isinstance(roi, tuple):
+            raise ConfigError(f"the inferer's roi_size is {roi!r}; give a list of window sizes, e.g. [96, 96, 96]")
+        settings["roi_size"] = tuple(int(r) for r in roi)
+    return settings
+
+
+def _plain(value):
+    """Tensors and sequences to tuples, string enums (``BlendMode``…) to their value."""
+    if isinstance(value, torch.Tensor):
+        value = value.tolist()
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    if isinstance(getattr(value, "value", None), str):
+        return value.value
+    return value
+
+
+def layer_grid(plan: WindowPlan, map_shape: Sequence[int]) -> tuple[WindowPlan, tuple[float, ...]]:
+    """The window plan on a layer's grid, where each window's map has ``map_shape``, and the
+    factor per axis (input voxels per layer voxel).
+
+    One window covering the unpadded image: the map is the whole map and the factor is
+    ``input size / map size`` (any value). Otherwise each factor ``window size / map size``
+    must be an integer dividing every window offset and the padding (else :class:`MethodError`);
+    window ``p`` then covers the layer-grid voxels ``offset_p / f`` to ``(offset_p + roi) / f``
+    and its importance map is ``w_p`` resized to ``map_shape`` with ``nearest-exact`` — as
+    ``monai.inferers.sliding_window_inference`` blends a predictor whose output is on a
+    coarser grid, so the result equals MONAI's for the same window maps (and the blend stays
+    a partition of unity).
+
+    Example:
+        >>> grid, factor = layer_grid(plan_windows((24, 32), (16, 16), overlap=0.5), (8, 4))
+        >>> grid.padded_shape, factor, grid.slices[1]
+        ((12, 8), (2.0, 4.0), (slice(0, 8, None), slice(2, 6, None)))
+    """
+    roi, map_shape = tuple(plan.importance.shape[2:]), tuple(int(m) for m in map_shape)
+    ndim = len(roi)
+    if plan.single and not any(plan.pad):
+        whole = [tuple(slice(0, m) for m in map_shape)]
+        ones = torch.ones((1, 1, *map_shape), device=plan.importance.device)
+        return WindowPlan(map_shape, map_shape, [0] * 2 * ndim, whole, ones), tuple(r / m for r, m in zip(roi, map_shape))
+    factor = _layer_factors(plan, roi, map_shape)
+    pad = [p // factor[ndim - 1 - i // 2] for i, p in enumerate(plan.pad)]
+    slices = [tuple(slice(int(s.start) // f, int(s.stop) // f) for s, f in zip(window, factor)) for window in plan.slices]
+    grid = WindowPlan(
+        tuple(n // f for n, f in zip(plan.spatial_shape, factor)), tuple(n // f for n, f in zip(plan.padded_shape, factor)),
+        pad, slices, F.interpolate(plan.importance, size=map_shape, mode="nearest-exact"), plan.padding_mode, plan.cval,
+    )
+    return grid, tuple(float(f) for f in factor)
+
+
+def _layer_factors(plan: WindowPlan, roi: tuple[int, ...], map_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Integer factors per axis, checked against the window offsets and the padding."""
+    hint = "choose roi_size/overlap accordingly or use resolution='input'"
+    if len(map_shape) != len(roi) or any(m < 1 or r % m for r, m in zip(roi, map_shape)):
+        raise MethodError(f"the layer's map {map_shape} does not divide the window {roi} by an integer factor per axis; "
+                          f"layer-resolution maps through sliding windows need one ({hint})")
+    factor = tuple(r // m for r, m in zip(roi, map_shape))
+    ndim = len(roi)
+    for d, f in enumerate(factor):
+        offsets = sorted({int(window[d].start) for window in plan.slices})
+        pads = plan.pad[2 * (ndim - 1 - d) : 2 * (ndim - d)]
+        bad = [o for o in offsets + pads if o % f]
+        if bad:
+            raise MethodError(f"layer-resolution maps through sliding windows need window offsets and padding divisible by "
+                              f"the layer's factor {f} on axis {d}; offsets {offsets}, padding {pads} ({hint})")
+    return factor
+
+
+def layer_affine(affine: torch.Tensor, scale: Sequence[float]) -> torch.Tensor:
+    """The affine of a map on a layer's grid, from the input's ``affine`` (``(4, 4)`` or
+    batched ``(B, 4, 4)``; any ``(N+1, N+1)``) and the factor per axis: voxel ``i`` of the
+    layer grid is the centre of its block, input voxel ``f·i + (f − 1)/2`` (the convention
+    of ``align_corners=False`` interpolation), so spacing is multiplied by ``f`` and the
+    origin moves to the centre of the first block.
+
+    Example:
+        >>> import torch
+        >>> layer_affine(torch.diag(torch.tensor([2.0, 3.0, 1.0])), (4.0, 2.0))
+        tensor([[8.0000, 0.0000, 3.0000],
+                [0.0000, 6.0000, 1.5000],
+                [0.0000, 0.0000, 1.0000]])
+    """
+    affine = torch.as_tensor(affine)
+    ndim = len(scale)
+    step = torch.eye(ndim + 1, dtype=affine.dtype, device=affine.device)
+    for d, f in enumerate(scale):
+        step[d, d] = f
+        step[d, ndim] = (f - 1) / 2
+    return affine @ step

@@ -67,7 +67,7 @@ def test_gradient_shap_through_windows_equals_autograd_on_the_same_draws(unet3d,
     references = baseline_set([0.0, 0.5], x)
     total = torch.zeros_like(x)
     for index, alpha, noise in gradient_shap_draws(1, 2, 3, x.shape, 0.05, 9):
-        noisy, base = x + noise, references[index]
+        noisy, base = x + noise, references[index, 0]
         point = (base + alpha.view(-1, 1, 1, 1, 1) * (noisy - base)).requires_grad_(True)
         total += torch.autograd.grad(value(point).sum(), point)[0] * (noisy - base)
     assert relative_error(ours, total / 3) <= 1e-5

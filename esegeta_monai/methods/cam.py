@@ -11,6 +11,11 @@ the window maps are blended with the same importance map as the prediction,
 ``Σ_p w_p ⊙ cam_p / W``. That blending is an approximation (a CAM is not additive over
 windows); with one window covering the image it is the plain whole-image CAM.
 
+``resolution="layer"`` keeps the map on the layer's own grid (not upsampled); through
+sliding windows it is blended on that grid (:func:`esegeta_monai.engine.layer_grid`: the
+window offsets must be multiples of the layer's factor), and the Explainer reports the factor
+per axis (``last_scale``) and, for MetaTensor inputs, the map's own affine.
+
 Differences from ``monai.visualize.GradCAMpp``: the ``exp(score)`` factor of Grad-CAM++ is
 left out (a positive factor per image; it overflows for segmentation scores summed over
 many voxels). Maps are not min–max normalised (``normalize=True`` does it per image).
@@ -32,12 +37,13 @@ import torch
 import torch.nn.functional as F
 
 from esegeta_monai.errors import MethodError
-from esegeta_monai.methods.base import Method, Param, is_bool
+from esegeta_monai.methods.base import Method, Param, is_bool, one_of
 from esegeta_monai.methods.registry import get_method, register
 
-__all__ = ["CamMethod", "GradCamMethod", "GradCamPlusPlusMethod", "GuidedGradCamMethod", "find_layer", "upsample"]
+__all__ = ["CamMethod", "GradCamMethod", "GradCamPlusPlusMethod", "GuidedGradCamMethod", "find_layer", "upsample", "to_resolution"]
 
 LAYER = Param(None, lambda v: isinstance(v, str) and bool(v), "module name of the layer (see `esegeta layers`)", "a module name")
+RESOLUTION = Param("input", one_of("input", "layer"), "'input': upsampled to the input grid; 'layer': the layer's own grid")
 NORMALIZE = Param(False, is_bool, "min–max normalise each image's map to [0, 1]", "True or False")
 
 
@@ -72,6 +78,17 @@ def upsample(maps: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
 
 
+def to_resolution(maps: torch.Tensor, size, resolution: str) -> torch.Tensor:
+    """``maps`` upsampled to ``size`` for ``resolution="input"``, unchanged for ``"layer"``.
+
+    Example:
+        >>> import torch
+        >>> to_resolution(torch.ones(1, 1, 4, 4), (8, 8), "input").shape, to_resolution(torch.ones(1, 1, 4, 4), (8, 8), "layer").shape
+        (torch.Size([1, 1, 8, 8]), torch.Size([1, 1, 4, 4]))
+    """
+    return upsample(maps, size) if resolution == "input" else maps
+
+
 def layer_activation_and_gradient(module, layer: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor):
     """Forward ``module(x, weight)`` capturing ``layer``'s output ``A``; return ``A`` and ``∂T/∂A``."""
     captured = {}
@@ -98,7 +115,7 @@ class CamMethod(_NeedsLayer, Method):
 
     family = "cam"
     library = "esegeta (MONAI/Captum semantics)"
-    params = {"layer": LAYER, "normalize": NORMALIZE}
+    params = {"layer": LAYER, "normalize": NORMALIZE, "resolution": RESOLUTION}
 
     def channel_weights(self, activation: torch.Tensor, gradient: torch.Tensor) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
@@ -108,7 +125,7 @@ class CamMethod(_NeedsLayer, Method):
         if activation.ndim != x.ndim:
             raise MethodError(f"layer {options['layer']!r} has output shape {tuple(activation.shape)}: a CAM needs a spatial layer (B, C, *spatial)")
         weights = self.channel_weights(activation, gradient)
-        return upsample(F.relu((weights * activation).sum(1, keepdim=True)), x.shape[2:])
+        return to_resolution(F.relu((weights * activation).sum(1, keepdim=True)), x.shape[2:], options.get("resolution", "input"))
 
     def run(self, window_pass, inputs, options):
         layer = find_layer(window_pass.module.network, options["layer"])  # once, and before any window
@@ -156,5 +173,5 @@ class GuidedGradCamMethod(_NeedsLayer, Method):
     params = {"layer": LAYER}
 
     def run(self, window_pass, inputs, options):
-        cam = get_method("gradcam").run(window_pass, inputs, {"layer": options["layer"], "normalize": False})
+        cam = get_method("gradcam").run(window_pass, inputs, {"layer": options["layer"], "normalize": False, "resolution": "input"})
         return get_method("guided_backprop").run(window_pass, inputs, {}) * cam

@@ -45,7 +45,10 @@ def _baseline_ok(value) -> bool:
 BASELINES = Param(None, _baseline_ok, "reference input: None (zeros), a number, or a tensor shaped like the input",
                   "None, a number, or a tensor shaped like the input")
 MULTIPLY_BY_INPUTS = Param(True, is_bool, "multiply by (input − baseline)", "True or False")
-INTERNAL_BATCH = Param(None, lambda v: v is None or positive_int(v), "Captum internal_batch_size", "None or a positive int")
+#: windows × steps per forward of the path methods: bounded memory by default (None: Captum's
+#: all-at-once, n_steps × sw_batch_size windows per forward — 7 GB for IG with 50 steps on the demo)
+INTERNAL_BATCH = Param(8, lambda v: v is None or positive_int(v), "Captum internal_batch_size (windows × steps per forward)",
+                       "None or a positive int")
 
 
 class CaptumGradientMethod(Method):

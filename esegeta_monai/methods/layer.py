@@ -2,9 +2,16 @@
 
 Each method attributes the target to a layer's activations (Captum's ``Layer*`` classes);
 the layer map is reduced over its channels (``reduce``: ``sum``, ``mean``, or ``none`` to keep
-every channel), upsampled to the input grid (bilinear/trilinear) and, through sliding windows,
-blended with the prediction's importance map like the CAMs (DESIGN.md §2: a documented
-approximation; exact for one window covering the image).
+every channel), upsampled to the input grid (bilinear/trilinear; ``resolution="layer"`` keeps
+the layer's own grid) and, through sliding windows, blended with the prediction's importance
+map like the CAMs (DESIGN.md §2: a documented approximation; exact for one window covering
+the image).
+
+``guided_layer_activation`` (from the CNN-visualisation collection used by TorchEsegeta)
+backpropagates the sum of a layer's activation — one channel (``channel``) or all — to the
+input with guided backpropagation: an input-resolution map of what excites that layer. Like
+``layer_activation`` it does not depend on the target; through windows each window's map is
+computed for its own objective and the maps are blended with the importance map.
 
 Example:
     >>> import torch
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 import torch
 from captum.attr import (
+    GuidedBackprop,
     InternalInfluence,
     LayerActivation,
     LayerConductance,
@@ -26,12 +34,14 @@ from captum.attr import (
     LayerGradientXActivation,
 )
 
-from esegeta_monai.methods.base import Method, Param, is_bool, one_of, positive_int
-from esegeta_monai.methods.cam import LAYER, _NeedsLayer, find_layer, upsample
+from esegeta_monai.engine import amp_dtype
+from esegeta_monai.errors import MethodError
+from esegeta_monai.methods.base import Method, Param, is_bool, non_negative_number, one_of, positive_int
+from esegeta_monai.methods.cam import LAYER, RESOLUTION, _NeedsLayer, find_layer, to_resolution
 from esegeta_monai.methods.gradient import BASELINES, INTERNAL_BATCH, MULTIPLY_BY_INPUTS
 from esegeta_monai.methods.registry import register
 
-__all__ = ["CaptumLayerMethod", "reduce_channels"]
+__all__ = ["CaptumLayerMethod", "LayerObjective", "layer_map", "reduce_channels"]
 
 REDUCE = Param("sum", one_of("sum", "mean", "none"), "how the layer's channels become the map")
 N_STEPS = Param(50, positive_int, "number of integration steps", "a positive int")
@@ -44,6 +54,22 @@ def reduce_channels(layer_map: torch.Tensor, how: str) -> torch.Tensor:
     return layer_map.sum(1, keepdim=True) if how == "sum" else layer_map.mean(1, keepdim=True)
 
 
+def layer_map(attribution, x: torch.Tensor, options) -> torch.Tensor:
+    """A window's layer attribution (Captum's output) reduced over channels (``reduce``) and
+    brought to ``resolution``; a non-spatial layer is a :class:`MethodError`.
+
+    Example:
+        >>> import torch
+        >>> layer_map(torch.ones(1, 4, 2, 2), torch.ones(1, 1, 4, 4), {"reduce": "sum", "resolution": "layer"})
+        tensor([[[[4., 4.],
+                  [4., 4.]]]])
+    """
+    attribution = attribution[0] if isinstance(attribution, (tuple, list)) else attribution
+    if attribution.ndim != x.ndim:
+        raise MethodError(f"layer {options.get('layer')!r} gives maps of shape {tuple(attribution.shape)}; pick a spatial layer (B, C, *spatial)")
+    return to_resolution(reduce_channels(attribution.float(), options["reduce"]), x.shape[2:], options.get("resolution", "input"))
+
+
 class CaptumLayerMethod(_NeedsLayer, Method):
     """A Captum layer-attribution class applied per window, reduced, upsampled and blended."""
 
@@ -51,7 +77,7 @@ class CaptumLayerMethod(_NeedsLayer, Method):
     captum_class: type = LayerActivation
     init_params: tuple[str, ...] = ()
     window_tensors: tuple[str, ...] = ()
-    params = {"layer": LAYER, "reduce": REDUCE}
+    params = {"layer": LAYER, "reduce": REDUCE, "resolution": RESOLUTION}
 
     def run(self, window_pass, inputs, options):
         layer = find_layer(window_pass.module.network, options["layer"])  # once, and before any window
@@ -61,13 +87,10 @@ class CaptumLayerMethod(_NeedsLayer, Method):
 
     def window_map(self, module, layer, x, weight, options, crops):
         init = {k: options[k] for k in self.init_params}
-        call = {k: v for k, v in options.items() if k not in (*self.init_params, "layer", "reduce")}
+        call = {k: v for k, v in options.items() if k not in (*self.init_params, "layer", "reduce", "resolution")}
         call.update(crops)
         attribution = self.captum_class(module, layer, **init).attribute(x, additional_forward_args=(weight,), **call)
-        attribution = attribution[0] if isinstance(attribution, (tuple, list)) else attribution
-        if attribution.ndim != x.ndim:
-            raise ValueError(f"layer {options['layer']!r} gives maps of shape {tuple(attribution.shape)}; pick a spatial layer (B, C, *spatial)")
-        return upsample(reduce_channels(attribution.float(), options["reduce"]), x.shape[2:])
+        return layer_map(attribution, x, options)
 
 
 @register
@@ -122,7 +145,58 @@ class LayerGradCamMethod(CaptumLayerMethod):
     name = "layer_gradcam"
     summary = "Captum's LayerGradCam (per-channel mean gradient × activation, summed; relu_attributions optional)"
     captum_class = LayerGradCam
-    params = {"layer": LAYER, "relu_attributions": Param(False, is_bool, expects="True or False")}
+    params = {"layer": LAYER, "resolution": RESOLUTION, "relu_attributions": Param(False, is_bool, expects="True or False")}
 
     def window_map(self, module, layer, x, weight, options, crops):
         return super().window_map(module, layer, x, weight, {**options, "reduce": "none"}, crops)  # already one channel
+
+
+class LayerObjective(torch.nn.Module):
+    """``x -> Σ`` of a layer's activation per sample — one channel, or all when ``channel`` is
+    None: the objective ``guided_layer_activation`` backpropagates.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.ReLU())
+        >>> LayerObjective(net, net[0], channel=2)(torch.ones(2, 1, 4, 4)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, network: torch.nn.Module, layer: torch.nn.Module, channel: int | None = None, amp: bool = False):
+        super().__init__()
+        self.network, self.layer, self.channel, self.amp = network, layer, channel, amp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        captured = []
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: captured.append(out[0] if isinstance(out, (tuple, list)) else out))
+        try:
+            with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=self.amp):
+                self.network(x)
+        finally:
+            handle.remove()
+        if not captured:
+            raise MethodError("the chosen layer was not used by the network's forward; pick another layer")
+        activation = captured[-1]
+        if self.channel is not None:
+            if activation.ndim < 2 or self.channel >= activation.shape[1]:
+                raise MethodError(f"channel={self.channel} is out of range for the layer's output of shape {tuple(activation.shape)}")
+            activation = activation[:, self.channel]
+        return activation.float().flatten(1).sum(1)
+
+
+@register
+class GuidedLayerActivationMethod(_NeedsLayer, Method):
+    name = "guided_layer_activation"
+    family = "layer"
+    library = "esegeta (Captum GuidedBackprop)"
+    summary = "guided backpropagation of a layer's summed activation (one channel or all) to the input; target-independent"
+    params = {"layer": LAYER, "channel": Param(None, lambda v: v is None or (non_negative_number(v) and isinstance(v, int)),
+                                                 "the layer channel (filter) whose activation is explained; None: all", "None or an int ≥ 0")}
+
+    def run(self, window_pass, inputs, options):
+        layer = find_layer(window_pass.module.network, options["layer"])
+
+        def window_fn(module, x, weight, crops):
+            return GuidedBackprop(LayerObjective(module.network, layer, options["channel"], module.amp)).attribute(x)
+
+        return window_pass.linear(inputs, window_fn, blend=True)

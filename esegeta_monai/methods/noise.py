@@ -26,11 +26,16 @@ __all__ = ["NoiseTunnelMethod", "SmoothGradMethod", "SmoothGradSqMethod", "VarGr
 
 
 def iter_noise(shape, stdevs: float, nt_samples: int, seed: int, device=None, dtype=torch.float32):
-    """The ``nt_samples`` noise tensors of one call, one at a time (memory: one volume),
-    reproducible from ``seed`` (drawn on the CPU, so identical on every device)."""
+    """The ``nt_samples`` noise tensors of one call, one at a time (memory: one image),
+    reproducible from ``seed`` (drawn on the CPU, so identical on every device).
+
+    One image's noise ``(1, *shape[1:])`` is drawn per sample and broadcast over the batch:
+    every image of a batch sees the same draws, so an image's map does not depend on the
+    batch it comes in."""
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     for _ in range(nt_samples):
-        yield (torch.randn(tuple(shape), generator=generator, dtype=torch.float32) * float(stdevs)).to(device=device, dtype=dtype)
+        noise = torch.randn((1, *tuple(shape)[1:]), generator=generator, dtype=torch.float32) * float(stdevs)
+        yield noise.to(device=device, dtype=dtype)
 
 
 def draw_noise(shape, stdevs: float, nt_samples: int, seed: int, device=None, dtype=torch.float32):
