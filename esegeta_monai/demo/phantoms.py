@@ -26,7 +26,10 @@ import os
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage
+
+from esegeta_monai.demo.synthetic import bias_field as _bias_field
+from esegeta_monai.demo.synthetic import rng_range as _rng_range
+from esegeta_monai.demo.synthetic import smooth_noise as _smooth_noise
 
 __all__ = ["DEFAULTS", "make_vessel_phantom", "vessel_centrelines", "write_sample", "label_path_for"]
 
@@ -55,13 +58,6 @@ DEFAULTS: dict = {
     "edge_width": 0.8,  # mm, width of the partial-volume ramp across the vessel wall
     "scale": 1000.0,  # final intensity scale (MR-like units)
 }
-
-
-def _rng_range(rng: np.random.Generator, value, integer: bool = False):
-    if isinstance(value, (tuple, list)):
-        lo, hi = value
-        return int(rng.integers(lo, hi + 1)) if integer else float(rng.uniform(lo, hi))
-    return int(value) if integer else float(value)
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -159,24 +155,6 @@ def _splat_tubes(shape, spacing, points, radii, brightness, margin: float):
         sdf[win] = np.where(closer, dist, sdf[win])
         sig[win] = np.where(closer, b * (0.6 + 0.4 * min(1.0, r / 2.5)), sig[win])
     return sdf, sig
-
-
-def _smooth_noise(shape, sigma_vox, rng: np.random.Generator) -> np.ndarray:
-    field = ndimage.gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="wrap")
-    return field / max(float(field.std()), 1e-6)
-
-
-def _bias_field(shape, amplitude: float, rng: np.random.Generator) -> np.ndarray:
-    """Smooth multiplicative field ``exp(amplitude * p(x))``, p a random quadratic, max|p| = 1."""
-    x, y, z = [np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in shape]
-    x, y, z = x[:, None, None], y[None, :, None], z[None, None, :]
-    terms = [x, y, z, x * x, y * y, z * z, x * y, x * z, y * z]
-    c = rng.normal(size=len(terms))
-    poly = sum(float(ci) * t for ci, t in zip(c, terms))
-    poly = np.broadcast_to(poly, shape)
-    poly = poly - poly.mean()
-    poly = poly / max(float(np.abs(poly).max()), 1e-6)
-    return np.exp(amplitude * poly).astype(np.float32)
 
 
 def make_vessel_phantom(shape: Sequence[int] = (96, 96, 64), seed: int = 0, **options):

@@ -42,7 +42,7 @@ import yaml
 
 from esegeta_monai.demo.phantoms import label_path_for, make_vessel_phantom, write_sample
 
-__all__ = ["load_train_config", "build_network", "intensity_transform", "segment", "dice", "main"]
+__all__ = ["load_train_config", "inference_parser", "run_bundle_config", "build_network", "intensity_transform", "segment", "dice", "main"]
 
 
 def load_train_config(path: str | os.PathLike) -> tuple[dict, Path]:
@@ -55,12 +55,22 @@ def load_train_config(path: str | os.PathLike) -> tuple[dict, Path]:
     return cfg, bundle_root
 
 
-def _inference_config(bundle_root: Path, cfg: dict):
+def inference_parser(bundle_root: Path, cfg: dict):
+    """A :class:`monai.bundle.ConfigParser` of the bundle's inference config (``cfg['inference_config']``)."""
     from monai.bundle import ConfigParser
 
     parser = ConfigParser()
     parser.read_config(str(bundle_root / cfg.get("inference_config", "configs/inference.yaml")))
     return parser
+
+
+def run_bundle_config(bundle_root: Path, cfg: dict, overrides: dict) -> None:
+    """Run the bundle's inference config as ``python -m monai.bundle run`` does (``initialize``
+    then ``run``), on CPU, with ``bundle_root`` and ``overrides`` set."""
+    parser = inference_parser(bundle_root, cfg)
+    parser.update({"bundle_root": str(bundle_root), "device": "$torch.device('cpu')", **overrides})
+    for key in ("initialize", "run"):
+        parser.get_parsed_content(key, lazy=True, instantiate=True, eval_expr=True)
 
 
 def build_network(parser) -> torch.nn.Module:
@@ -207,22 +217,10 @@ def bundle_sample_dice(bundle_root: Path, parser_cfg: dict, image_path: str, lab
     """Run the bundle's inference config on ``image_path`` (on CPU, into a temporary folder)
     and compare the saved segmentation with the label: Dice, shape and affine agreement."""
     import nibabel as nib
-    from monai.bundle import ConfigParser
 
     out = tempfile.mkdtemp(prefix="vessel_mra_eval_")
     try:
-        parser = ConfigParser()
-        parser.read_config(str(bundle_root / parser_cfg.get("inference_config", "configs/inference.yaml")))
-        parser.update(
-            {
-                "bundle_root": str(bundle_root),
-                "output_dir": out,
-                "datalist": [str(image_path)],
-                "device": "$torch.device('cpu')",
-            }
-        )
-        for key in ("initialize", "run"):
-            parser.get_parsed_content(key, lazy=True, instantiate=True, eval_expr=True)
+        run_bundle_config(bundle_root, parser_cfg, {"output_dir": out, "datalist": [str(image_path)]})
         saved = [os.path.join(d, f) for d, _, fs in os.walk(out) for f in fs if f.endswith(".nii.gz")]
         if len(saved) != 1:
             raise RuntimeError(f"expected one saved segmentation, found {saved}")
@@ -255,7 +253,7 @@ def main(argv=None) -> dict:
     set_determinism(seed=seed)
     log = lambda msg: print(msg, flush=True)  # noqa: E731
 
-    parser = _inference_config(bundle_root, cfg)
+    parser = inference_parser(bundle_root, cfg)
     normalise = intensity_transform(parser)
     inferer_args = _inferer_args(parser)
     data_cfg = cfg["data"]

@@ -29,8 +29,9 @@ from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from esegeta_monai.errors import InputError
+from esegeta_monai.io.readers import add_reader_to
 
-__all__ = ["load_for_explanation", "default_preprocessing", "NAN_POLICIES"]
+__all__ = ["load_for_explanation", "default_preprocessing", "loading_prefix_length", "NAN_POLICIES"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +70,16 @@ def _describe(exc: BaseException) -> str:
     return f"{type(root).__name__}: {text}" if text else type(root).__name__
 
 
-def _loading_prefix_length(preprocessing: Any) -> int:
-    """Number of leading transforms of a Compose that only read the file (LoadImaged, EnsureChannelFirstd)."""
+def loading_prefix_length(preprocessing: Any) -> int:
+    """Number of leading transforms of a Compose that only read the file (LoadImaged, EnsureChannelFirstd).
+
+    ``preprocessing(data, start=n)`` then applies the rest of it to an image already in memory.
+
+    Example:
+        >>> from monai.transforms import ScaleIntensityd
+        >>> loading_prefix_length(Compose([*default_preprocessing().transforms, ScaleIntensityd("image")]))
+        2
+    """
     transforms = getattr(preprocessing, "transforms", None)
     if not isinstance(preprocessing, Compose) or not transforms:
         return 0
@@ -147,8 +156,9 @@ def load_for_explanation(
     """Read an image file and apply a bundle's preprocessing to it, checking it on the way.
 
     Args:
-        path: the image file (NIfTI, NRRD, DICOM folder, PNG… whatever the preprocessing's
-            ``LoadImaged`` reads).
+        path: the image file or DICOM series folder: NIfTI, PNG, MHA/MHD, NRRD, DICOM (whatever the
+            preprocessing's ``LoadImaged`` reads, with :class:`~esegeta_monai.io.readers.SimpleITKReader`
+            added as its last resort).
         preprocessing: a callable applied to ``{image_key: str(path)}``, usually the bundle's
             ``preprocessing`` Compose. ``None`` uses :func:`default_preprocessing`
             (``LoadImaged`` + ``EnsureChannelFirstd``: the image stays on the file's grid).
@@ -177,8 +187,9 @@ def load_for_explanation(
         raise InputError(f"{path}: no such file. Fix: check the path (it is resolved from {Path.cwd()})")
     if preprocessing is None:
         preprocessing = default_preprocessing(image_key)
+    add_reader_to(preprocessing)  # MHA, NRRD, DICOM through SimpleITK when no other reader takes them
 
-    n_load = _loading_prefix_length(preprocessing)
+    n_load = loading_prefix_length(preprocessing)
     data: Any = {image_key: str(path)}
     if n_load:
         # stage 1: read the file only, so that reader failures and shape problems are reported as such

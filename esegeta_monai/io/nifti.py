@@ -1,10 +1,12 @@
-"""Writing attribution maps on the grid of the input file (NIfTI, optionally NRRD).
+"""Writing attribution maps on the grid of the input file (NIfTI; NRRD or, for 2D, PNG on request).
 
 An attribution is computed on the preprocessed image (reoriented, resampled, cropped…). To
 overlay it on the original scan in 3D Slicer it must go back to the file's grid: the image's
 ``applied_operations`` are inverted with :class:`monai.transforms.Invertd` (the bundle's own
 preprocessing, linear interpolation), then written by :class:`monai.data.NibabelWriter` as
-float32 with the input's affine (sform and qform codes 1, which ITK and Slicer read).
+float32 with the input's affine (sform and qform codes 1, which ITK and Slicer read). NRRD is
+that NIfTI converted by SimpleITK (the same geometry); PNG holds a 2D map scaled to 16 bits with
+its value range (:mod:`esegeta_monai.io.png`).
 
 Writing is atomic: the file is written under a temporary name in the output folder and moved
 to its final name with :func:`os.replace`, so an interrupted run never leaves a half-written
@@ -40,15 +42,16 @@ from monai.transforms import Invertd, SpatialResample
 from monai.transforms.inverse import InvertibleTransform
 
 from esegeta_monai.errors import InputError, OutputError
+from esegeta_monai.io.png import write_png_map
 
-__all__ = ["save_attribution", "check_output_dir", "CHANNEL_REDUCTIONS", "WRITER_FORMATS"]
+__all__ = ["save_attribution", "write_map", "check_output_dir", "CHANNEL_REDUCTIONS", "WRITER_FORMATS"]
 
 logger = logging.getLogger(__name__)
 
 #: How the channels of an attribution are combined before writing.
 CHANNEL_REDUCTIONS = ("sum", "mean", "none")
 #: Output formats and their accepted file suffixes.
-WRITER_FORMATS = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",)}
+WRITER_FORMATS = {"nifti": (".nii.gz", ".nii"), "nrrd": (".nrrd",), "png": (".png",)}
 
 _ATTR_KEY = "__esegeta_attribution__"
 _AFFINE_ATOL = 1e-4
@@ -208,23 +211,26 @@ def save_attribution(
             ``data[image_key]`` carries the meta and ``applied_operations`` used for inversion.
         preprocessing: the transform that produced ``data`` (the bundle's Compose), inverted with
             :class:`monai.transforms.Invertd` (``nearest_interp=False``). ``None``: nothing to invert.
-        out_path: the exact file to write (``.nii.gz``/``.nii`` for NIfTI, ``.nrrd`` for NRRD). Its
-            folder is created if needed.
+        out_path: the exact file to write (``.nii.gz``/``.nii`` for NIfTI, ``.nrrd`` for NRRD,
+            ``.png`` for PNG). Its folder is created if needed.
         image_key: the key of the image in ``data``.
         channel_reduce: ``"sum"`` (default) or ``"mean"`` over channels (one map), or ``"none"``
             (one volume per channel, written as a 4D file).
         writer_format: ``"nifti"`` (MONAI ``NibabelWriter``: float32, sform/qform code 1) or
-            ``"nrrd"`` (the NIfTI converted by SimpleITK, same geometry).
+            ``"nrrd"`` (the NIfTI converted by SimpleITK, same geometry) or, for 2D maps with one
+            channel, ``"png"`` (16-bit grey levels, value range in text chunks, no geometry:
+            :func:`esegeta_monai.io.png.write_png_map`).
 
     Returns:
         ``out_path`` as a :class:`~pathlib.Path`.
 
     Raises:
         InputError: ``data`` lacks the image, or the attribution does not match its shape.
-        OutputError: the folder cannot be written, or writing failed (no partial file is left).
+        OutputError: the folder cannot be written, writing failed (no partial file is left), or
+            PNG was asked for a 3D or multi-channel map.
     """
     out_path = Path(out_path).expanduser()
-    suffix = _suffix_of(out_path, writer_format)
+    _suffix_of(out_path, writer_format)  # a wrong suffix fails before any work
     if channel_reduce not in CHANNEL_REDUCTIONS:
         raise InputError(f"channel_reduce={channel_reduce!r} is not supported; choose one of {CHANNEL_REDUCTIONS}")
     if image_key not in data:
@@ -243,6 +249,10 @@ def save_attribution(
         att = att[0]
     if att.ndim == img.ndim - 1:
         att = att[None]
+    if isinstance(attribution, MetaTensor) and tuple(att.shape[1:]) != tuple(img.shape[1:]) and not attribution.applied_operations:
+        # a map on a coarser grid of its own (resolution="layer"): its affine already places it in
+        # the scanner's space; the preprocessing's inverses do not apply to that grid
+        return write_map(_reduce_channels(att, channel_reduce), attribution.affine, out_path, writer_format)
     if tuple(att.shape[1:]) != tuple(img.shape[1:]):
         raise InputError(
             f"attribution of shape {tuple(att.shape)} does not match the preprocessed image "
@@ -264,14 +274,38 @@ def save_attribution(
     array = inv.as_tensor().detach().to("cpu", torch.float32)
     affine = inv.affine.detach().to("cpu", torch.float64)
 
+    return write_map(array, affine, out_path, writer_format)
+
+
+def write_map(array: torch.Tensor, affine: torch.Tensor, out_path: str | os.PathLike, writer_format: str = "nifti") -> Path:
+    """Write ``array`` ``(C, *spatial)`` with ``affine`` (RAS, 4×4) as NIfTI, NRRD or PNG (2D,
+    one channel), atomically: a temporary file renamed into place, nothing left on failure.
+
+    Example:
+        >>> import tempfile, torch, nibabel
+        >>> path = write_map(torch.ones(1, 4, 4, 4), torch.eye(4), tempfile.mkdtemp() + "/map.nii.gz")
+        >>> nibabel.load(str(path)).shape
+        (4, 4, 4)
+    """
+    out_path = Path(out_path).expanduser()
+    suffix = _suffix_of(out_path, writer_format)
+    array = torch.as_tensor(array).detach().to("cpu", torch.float32)
+    affine = torch.as_tensor(affine).detach().to("cpu", torch.float64)
+    if writer_format == "png" and (array.ndim != 3 or array.shape[0] != 1):
+        raise OutputError(
+            f"{out_path}: PNG holds one 2D map, this one has shape {tuple(array.shape)} (channels first). "
+            "Fix: write it as NIfTI or NRRD (--format nifti|nrrd), or reduce the channels (channel_reduce='sum')"
+        )
     folder = check_output_dir(out_path.parent)
     stem = out_path.name[: -len(suffix)]
-    tmp_nii = folder / f".{stem}.{uuid.uuid4().hex}.tmp.nii.gz"
-    tmp_out = tmp_nii if writer_format == "nifti" else folder / f".{stem}.{uuid.uuid4().hex}.tmp{suffix}"
-    if writer_format == "nifti" and suffix == ".nii":
-        tmp_out = tmp_nii = folder / f".{stem}.{uuid.uuid4().hex}.tmp.nii"
+    token = uuid.uuid4().hex
+    tmp_out = folder / f".{stem}.{token}.tmp{suffix}"
+    tmp_nii = tmp_out if writer_format == "nifti" else folder / f".{stem}.{token}.tmp.nii.gz"
     try:
-        _write_nifti(array, affine, tmp_nii)
+        if writer_format == "png":
+            write_png_map(array.numpy(), tmp_out)
+        else:
+            _write_nifti(array, affine, tmp_nii)
         if writer_format == "nrrd":
             import SimpleITK as sitk
 
