@@ -33,15 +33,15 @@ import yaml
 from monai.bundle import ConfigParser
 from monai.bundle.reference_resolver import ReferenceResolver
 
-from esegeta_monai.errors import BundleError
+from esegeta_monai.errors import BundleError, ConfigError
+from esegeta_monai.windows import WINDOW_SETTINGS, inferer_settings
 
-__all__ = ["Bundle", "load_bundle", "INFERENCE_CONFIG_NAMES"]
+__all__ = ["Bundle", "load_bundle", "shipped_config", "INFERENCE_CONFIG_NAMES"]
 
 logger = logging.getLogger(__name__)
 
 #: Inference config file names looked up in ``<bundle>/configs/``, in this order.
 INFERENCE_CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
-_INFERER_FIELDS = ("roi_size", "overlap", "mode", "sw_batch_size", "sigma_scale", "padding_mode", "cval")
 
 
 @dataclass
@@ -126,6 +126,40 @@ def _find_configs(root: Path, config_file: Any) -> list[Path]:
                 "Fix: give an existing .json/.yaml file, absolute or relative to the bundle's configs/"
             )
     return found
+
+
+def shipped_config(name: str = "explain") -> Path:
+    """Path of a config shipped with esegeta_monai (installed as ``esegeta_monai.configs``).
+
+    ``explain`` adds an explain step to a bundle's ``monai.bundle run``; ``swin_unetr_compat``
+    makes the model zoo's ``swin_unetr_btcv_segmentation`` build on MONAI ≥ 1.5.
+
+    Example:
+        >>> shipped_config("explain").name
+        'explain.json'
+    """
+    from importlib.resources import files
+
+    folder = files("esegeta_monai.configs")
+    for candidate in (name, f"{name}.json", f"{name}.yaml"):
+        path = folder / candidate
+        if path.is_file():
+            return Path(str(path))
+    known = sorted(p.name for p in folder.iterdir() if p.name.endswith((".json", ".yaml")))
+    raise BundleError(f"no shipped config {name!r}; shipped: {', '.join(known)}")
+
+
+def _extra_config(name: str | os.PathLike) -> Path:
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path.resolve()
+    if path.suffix in ("", ".json", ".yaml") and path.parent == Path("."):
+        try:
+            return shipped_config(str(name))
+        except BundleError:
+            pass
+    raise BundleError(f"{name}: override config not found. Fix: give the path of a JSON/YAML config, or the name of a "
+                      "shipped one (`esegeta bundle-config --list`)")
 
 
 def _read_config_file(path: Path) -> dict:
@@ -298,7 +332,11 @@ def _explain_failure(
             return BundleError(
                 f"{cfg}: {what} cannot be built: {_short(e)}.{extra} Fix: remove `{arg}` from `{owner}` "
                 f"in {cfg} (delete the line `\"{arg}\": ...`), or load with "
-                f"load_bundle(..., remove_keys=['{owner}#{arg}'])"
+                f"load_bundle(..., remove_keys=['{owner}#{arg}'])" + (
+                    "; for the model zoo's swin_unetr_btcv_segmentation, add the shipped override: "
+                    "esegeta explain --bundle-config swin_unetr_compat ..., or in monai.bundle run "
+                    "--config_file \"['configs/inference.json', '$(esegeta bundle-config swin_unetr_compat)']\""
+                    if arg == "img_size" else "")
             )
 
     # torch.load of an extra file while parsing (e.g. DiNTS' architecture checkpoint)
@@ -512,18 +550,8 @@ def _quiet(parser: ConfigParser, key: str) -> Any:
         return None
 
 
-def _to_plain(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        v = v.tolist()
-    if isinstance(v, (list, tuple)):
-        return tuple(_to_plain(x) for x in v)
-    if hasattr(v, "value") and isinstance(getattr(v, "value"), str):  # StrEnum-like (BlendMode…)
-        return v.value
-    return v
-
-
 def _inferer_dict(parser: ConfigParser, raw_config: dict, cfg: str, spatial_dims: int | None) -> tuple[dict, Any]:
-    info: dict[str, Any] = {k: None for k in _INFERER_FIELDS}
+    info: dict[str, Any] = {k: None for k in WINDOW_SETTINGS}
     if "inferer" not in parser:
         logger.warning("%s: no `inferer` key; the whole image will be given to the network at once", cfg)
         return info, None
@@ -537,15 +565,10 @@ def _inferer_dict(parser: ConfigParser, raw_config: dict, cfg: str, spatial_dims
                 "network at once", cfg, type(inferer).__name__,
             )
         return info, inferer
-    for k in _INFERER_FIELDS:
-        info[k] = _to_plain(getattr(inferer, k, None))
-    roi = info["roi_size"]
-    if isinstance(roi, int) and spatial_dims:
-        info["roi_size"] = (roi,) * spatial_dims
-    elif roi is not None and not isinstance(roi, tuple):
-        raise BundleError(f"{cfg}: `inferer#roi_size` is {roi!r}; Fix: give a list of window sizes, e.g. [96, 96, 96]")
-    if info["roi_size"] is not None:
-        info["roi_size"] = tuple(int(r) for r in info["roi_size"])
+    try:
+        info.update(inferer_settings(inferer, spatial_dims))
+    except ConfigError as e:
+        raise BundleError(f"{cfg}: `inferer#roi_size`: {e}") from None
     return info, inferer
 
 
@@ -593,6 +616,7 @@ def load_bundle(
     build_network: bool = True,
     overrides: Mapping[str, Any] | None = None,
     remove_keys: Sequence[str] = (),
+    extra_configs: Sequence[str | os.PathLike] = (),
 ) -> Bundle:
     """Read a MONAI bundle folder into a :class:`Bundle`.
 
@@ -615,6 +639,9 @@ def load_bundle(
             overrides are, e.g. ``{"arch_ckpt": "$torch.load(@arch_ckpt_path, map_location='cpu')"}``.
         remove_keys: config ids to delete, e.g. ``["network_def#img_size"]`` for SwinUNETR bundles
             written for MONAI < 1.5.
+        extra_configs: override configs merged after the inference config(s), as
+            ``monai.bundle run --config_file "[a, b]"`` merges them: paths, or the names of the
+            configs shipped with esegeta_monai (``swin_unetr_compat``; see :func:`shipped_config`).
 
     Returns:
         The :class:`Bundle`.
@@ -631,7 +658,7 @@ def load_bundle(
         )
     root = root.resolve()
     device = torch.device(device)
-    files = _find_configs(root, config_file)
+    files = _find_configs(root, config_file) + [_extra_config(f) for f in extra_configs]
     cfg = ", ".join(str(f) for f in files)
     for f in files:
         _read_config_file(f)  # syntax errors named with file and line before MONAI reads them

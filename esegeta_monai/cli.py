@@ -1,9 +1,10 @@
 """The ``esegeta`` command (also ``python -m esegeta_monai``).
 
 Subcommands:
-    explain   explain a bundle's model on images, write aligned NIfTI maps and a manifest
+    explain   explain a bundle's model on images, write aligned maps (NIfTI, NRRD, PNG) and a manifest
     methods   list the registered methods
     layers    list a bundle network's layers (names for CAMs) with output shapes
+    bundle-config  print the path of the shipped override config (explain step for monai.bundle run)
     targets   list the target kinds
 
 Exit codes: 0 all records ok; 1 some record failed or timed out; 2 nothing could run
@@ -22,7 +23,7 @@ import json
 import logging
 import sys
 
-from esegeta_monai.config import RunConfig, load_run_config, parse_methods
+from esegeta_monai.config import OUTPUT_FORMATS, RunConfig, load_run_config, parse_methods
 from esegeta_monai.errors import EsegetaError
 from esegeta_monai.methods import get_method
 
@@ -49,11 +50,16 @@ def build_parser() -> argparse.ArgumentParser:
     explain = sub.add_parser("explain", parents=[common], help="explain a bundle's model on images")
     explain.add_argument("--bundle", help="MONAI bundle folder (configs/, models/model.pt)")
     explain.add_argument("--config", help="run config (YAML or JSON); flags override it")
-    explain.add_argument("--image", action="append", dest="images", metavar="FILE", help="input image (repeatable); default: the bundle's sample")
+    explain.add_argument("--bundle-config", action="append", dest="bundle_configs", metavar="FILE",
+                         help="override config merged after the bundle's inference config (repeatable; a path or a shipped name, e.g. swin_unetr_compat)")
+    explain.add_argument("--image", action="append", dest="images", metavar="FILE",
+                         help="input image (repeatable): NIfTI, PNG, MHA/MHD, NRRD, DICOM file or a DICOM series folder; "
+                              "default: the bundle's sample")
     explain.add_argument("--methods", help="comma-separated method names (see `esegeta methods`)")
     explain.add_argument("--target", action="append", dest="targets", metavar="SPEC",
                          help="argmax:C, otsu:C, mask:C:FILE, voxel:C:I,J,K or class:C (repeatable; C may be 1,2)")
     explain.add_argument("--out", help="output folder (default esegeta_out)")
+    explain.add_argument("--format", choices=OUTPUT_FORMATS, help="map files: nifti (default, .nii.gz), nrrd, or png (2D maps only)")
     explain.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     explain.add_argument("--amp", action="store_true", default=None, help="mixed precision forwards")
     explain.add_argument("--timeout", type=float, help="seconds per method and image")
@@ -71,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--weights", help="weights file (default: BUNDLE/models/model.pt)")
     layers.add_argument("--contains", help="only layers whose name or type contains this text")
 
+    shipped = sub.add_parser("bundle-config", parents=[common], help="print the path of a shipped override config (default: explain)")
+    shipped.add_argument("name", nargs="?", default="explain", help="explain (default) or swin_unetr_compat")
+    shipped.add_argument("--list", action="store_true", help="list the shipped configs")
+
     methods = sub.add_parser("methods", parents=[common], help="list the registered methods")
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("targets", parents=[common], help="list the target kinds")
@@ -82,7 +92,7 @@ def _config_from_args(args) -> RunConfig:
     overrides = {
         "bundle": args.bundle, "images": args.images, "targets": args.targets, "out": args.out,
         "device": args.device, "amp": args.amp, "timeout": args.timeout, "weights": args.weights,
-        "local": args.local, "nan_policy": args.nan_policy,
+        "local": args.local, "nan_policy": args.nan_policy, "format": args.format, "bundle_configs": args.bundle_configs,
     }
     for key, value in overrides.items():
         if value is not None:
@@ -159,6 +169,18 @@ def _layers(args) -> int:
     return 0
 
 
+def _bundle_config(args) -> int:
+    from esegeta_monai.bundle import shipped_config
+
+    if args.list:
+        for path in sorted(shipped_config().parent.iterdir()):
+            if path.suffix in (".json", ".yaml"):
+                print(path)
+        return 0
+    print(shipped_config(args.name))
+    return 0
+
+
 def _targets(args) -> int:
     from esegeta_monai.targets import TARGET_KINDS
 
@@ -173,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("esegeta_monai").setLevel(level)
     try:
-        return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers}[args.command](args)
+        return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers,
+                "bundle-config": _bundle_config}[args.command](args)
     except EsegetaError as error:
         print(f"esegeta: error: {error}", file=sys.stderr)
         return 2

@@ -14,6 +14,7 @@ A run config is a YAML or JSON mapping; every key is optional::
     amp: false
     timeout: 600          # seconds per method and image
     out: esegeta_out
+    format: nifti         # nifti (default), nrrd, or png (2D maps only)
 
 Validation happens before anything runs; an error names the key and the allowed values.
 
@@ -44,6 +45,7 @@ __all__ = ["MethodSpec", "RunConfig", "load_run_config", "parse_methods", "DEFAU
 DEFAULT_METHODS = (("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"n_steps": 16}))
 WINDOW_KEYS = ("roi_size", "overlap", "mode", "sw_batch_size", "sigma_scale", "padding_mode")
 NAN_POLICIES = ("error", "zero")
+OUTPUT_FORMATS = ("nifti", "nrrd", "png")  # the writer formats of esegeta_monai.io.save_attribution
 
 
 @dataclass
@@ -65,6 +67,7 @@ class RunConfig:
     """Everything one `esegeta explain` run needs."""
 
     bundle: str | None = None
+    bundle_configs: list[str] = field(default_factory=list)
     images: list[str] = field(default_factory=list)
     methods: list[MethodSpec] = field(default_factory=lambda: [MethodSpec(m, dict(o)) for m, o in DEFAULT_METHODS])
     targets: list[str] = field(default_factory=list)
@@ -77,6 +80,7 @@ class RunConfig:
     local: bool = False
     nan_policy: str = "error"
     progress: bool | None = None
+    format: str = "nifti"
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str = "run config") -> RunConfig:
@@ -93,6 +97,8 @@ class RunConfig:
             values["methods"] = parse_methods(values["methods"], source)
         if "images" in values:
             values["images"] = _string_list(values["images"], "images", source)
+        if "bundle_configs" in values:
+            values["bundle_configs"] = _string_list(values["bundle_configs"], "bundle_configs", source)
         if "targets" in values:
             values["targets"] = _string_list(values["targets"], "targets", source)
         config = cls(**values)
@@ -134,6 +140,8 @@ class RunConfig:
             raise ConfigError(f"{source}: window.roi_size must be a list of integers such as [64, 64, 64], got {roi!r}")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise ConfigError(f"{source}: timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.format not in OUTPUT_FORMATS:
+            raise ConfigError(f"{source}: format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"{source}: nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
         for key in ("amp", "local"):

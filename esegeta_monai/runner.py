@@ -31,13 +31,13 @@ import torch
 
 from esegeta_monai.bundle import Bundle, load_bundle
 from esegeta_monai.config import RunConfig
-from esegeta_monai.engine import Explainer, predict
-from esegeta_monai.errors import ConfigError, EsegetaError, MethodTimeout
-from esegeta_monai.io import check_output_dir, load_for_explanation, save_attribution
+from esegeta_monai.errors import ConfigError, EsegetaError
+from esegeta_monai.io import WRITER_FORMATS, check_output_dir, load_for_explanation, save_attribution
 from esegeta_monai.io.masks import load_mask_like
+from esegeta_monai.maps import compute_maps, error_text, window_only
 from esegeta_monai.targets import Target, parse_targets
 
-__all__ = ["RunResult", "run_explanations", "default_targets", "image_stem", "resolve_device"]
+__all__ = ["Manifest", "RunResult", "run_explanations", "default_targets", "image_stem", "resolve_device", "methods_header"]
 
 logger = logging.getLogger(__name__)
 
@@ -89,42 +89,51 @@ def default_targets(bundle: Bundle) -> list[str]:
 
 
 def _window_settings(bundle: Bundle, config: RunConfig) -> dict[str, Any]:
-    settings = {k: v for k, v in (bundle.inferer or {}).items() if v is not None}
-    settings.update(config.window)
-    allowed = ("roi_size", "overlap", "mode", "sw_batch_size", "sigma_scale", "padding_mode", "cval")
-    settings = {k: v for k, v in settings.items() if k in allowed}
-    if "mode" in settings:
-        settings["mode"] = str(getattr(settings["mode"], "value", settings["mode"]))
-    if "padding_mode" in settings:
-        settings["padding_mode"] = str(getattr(settings["padding_mode"], "value", settings["padding_mode"]))
-    return settings
+    """The bundle's inferer settings, overridden by the run config's."""
+    return window_only({**(bundle.inferer or {}), **config.window})
 
 
-def _write_manifest(path: Path, config: RunConfig, records: list[dict[str, Any]]) -> None:
-    payload = {
-        "bundle": config.bundle,
-        "out": str(config.out),
-        "methods": [{"name": m.name, "as": m.label, "options": _jsonable(m.options)} for m in config.methods],
-        "records": records,
-    }
-    handle, temporary = tempfile.mkstemp(prefix=".manifest.", suffix=".json.tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+class Manifest:
+    """``records`` of a run, rewritten atomically to ``path`` (JSON) after every change, so an
+    interrupted run leaves a complete manifest of what was done.
+
+    Example:
+        >>> import json, tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "manifest.json"
+        >>> manifest = Manifest(path, {"bundle": "demo"})
+        >>> manifest.add([{"image": "a.nii.gz", "status": "ok"}])
+        >>> json.loads(path.read_text())["records"][0]["status"]
+        'ok'
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any]):
+        self.path = Path(path)
+        self.header = dict(header)
+        self.records: list[dict[str, Any]] = []
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        self.records.extend(records)
+        self.write()
+
+    def write(self) -> None:
+        payload = {**self.header, "records": self.records}
+        handle, temporary = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".json.tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(handle, "w") as stream:
+                json.dump(payload, stream, indent=2)
+            os.replace(temporary, self.path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def methods_header(methods) -> list[dict[str, Any]]:
+    """The methods of a run as the manifest records them."""
+    return [{"name": m.name, "as": m.label, "options": _jsonable(m.options)} for m in methods]
 
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return {k: (v if isinstance(v, (int, float, str, bool, type(None), list)) else repr(v)) for k, v in options.items()}
-
-
-def _error_text(error: BaseException) -> str:
-    if isinstance(error, EsegetaError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
 
 
 def run_explanations(config: RunConfig, bundle: Bundle | None = None) -> RunResult:
@@ -137,7 +146,7 @@ def run_explanations(config: RunConfig, bundle: Bundle | None = None) -> RunResu
     if bundle is None:
         if not config.bundle:
             raise ConfigError("no bundle given: pass --bundle DIR (or bundle: in the run config)")
-        bundle = load_bundle(config.bundle, weights=config.weights, device=device)
+        bundle = load_bundle(config.bundle, weights=config.weights, device=device, extra_configs=config.bundle_configs)
     bundle.network.to(device)
     images = list(config.images) or [str(p) for p in bundle.samples]
     if not images:
@@ -146,8 +155,8 @@ def run_explanations(config: RunConfig, bundle: Bundle | None = None) -> RunResu
     window = _window_settings(bundle, config)
     target_specs = list(config.targets) or default_targets(bundle)
     progress = bool(config.progress)
-    manifest = out / "manifest.json"
-    result = RunResult(manifest=manifest)
+    manifest = Manifest(out / "manifest.json", {"bundle": config.bundle, "out": str(config.out), "methods": methods_header(config.methods)})
+    result = RunResult(manifest=manifest.path)
     used_stems: dict[str, int] = {}
     logger.info("explaining %d image(s) with %s; targets %s; windows %s", len(images), ", ".join(m.name for m in config.methods), ", ".join(target_specs), window)
 
@@ -158,9 +167,9 @@ def run_explanations(config: RunConfig, bundle: Bundle | None = None) -> RunResu
             stem = f"{stem}_{used_stems[stem]}"
         records = _explain_image(image, stem, bundle, config, window, target_specs, out, device, progress)
         result.records.extend(records)
-        _write_manifest(manifest, config, result.records)
+        manifest.add(records)
     failed = sum(r["status"] != "ok" for r in result.records)
-    logger.info("%d map(s) written, %d failed or timed out; manifest: %s", len(result.records) - failed, failed, manifest)
+    logger.info("%d map(s) written, %d failed or timed out; manifest: %s", len(result.records) - failed, failed, manifest.path)
     return result
 
 
@@ -174,12 +183,13 @@ def _target_names(spec: str) -> list[str]:
 
 def _explain_image(image, stem, bundle, config, window, target_specs, out, device, progress) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
+    class_of: dict[str, int] = {}  # target name → output channel, for the channel's name in the metadata
 
     def record(method: str, target: str, status: str, seconds: float, output: Path | None = None, error: str | None = None,
                log_it: bool = True):
         records.append({
-            "image": str(image), "method": method, "target": target, "status": status,
-            "seconds": round(seconds, 3), "output": str(output) if output else None, "error": error,
+            "image": str(image), "method": method, "target": target, "class_name": bundle.class_names.get(class_of.get(target, -1)),
+            "status": status, "seconds": round(seconds, 3), "output": str(output) if output else None, "error": error,
         })
         if log_it:
             log = logger.info if status == "ok" else logger.error
@@ -192,11 +202,11 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
             expected_channels=bundle.in_channels, expected_spatial_dims=bundle.spatial_dims, nan_policy=config.nan_policy,
         )
     except EsegetaError as error:
-        logger.error("%s: every method fails — %s", stem, _error_text(error))
+        logger.error("%s: every method fails — %s", stem, error_text(error))
         for spec in target_specs:
             for name in _target_names(spec):
                 for method in config.methods:
-                    record(method.label, name, "failed", time.monotonic() - start, error=_error_text(error), log_it=False)
+                    record(method.label, name, "failed", time.monotonic() - start, error=error_text(error), log_it=False)
         return records
     image_tensor = data[bundle.image_key]
     x = image_tensor[None].to(device)
@@ -207,41 +217,25 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
             parsed = parse_targets(spec, mask_loader=lambda path: load_mask_like(path, image_tensor))
             known = {target.name for _, target in targets}
             targets.extend((spec, target) for target in parsed if target.name not in known)  # a repeated spec runs once
+            class_of.update({target.name: target.class_index for target in parsed})
         except EsegetaError as error:
             for method in config.methods:
-                record(method.label, spec, "failed", 0.0, error=_error_text(error))
-
-    prediction = None
-    if any(target.needs_prediction for _, target in targets) and not config.local:
-        try:
-            prediction = predict(bundle.network, x, window.get("roi_size"), window.get("sw_batch_size", 1),
-                                 overlap=window.get("overlap", 0.25), mode=window.get("mode", "gaussian"),
-                                 sigma_scale=window.get("sigma_scale", 0.125), padding_mode=window.get("padding_mode", "constant"),
-                                 cval=window.get("cval", 0.0), amp=config.amp)
-        except Exception as error:  # the network cannot run on this image: every record fails
-            logger.debug("prediction failed", exc_info=True)
-            for spec, target in targets:
-                for method in config.methods:
-                    record(method.label, target.name, "failed", time.monotonic() - start, error=f"prediction failed: {_error_text(error)}")
-            return records
+                record(method.label, spec, "failed", 0.0, error=error_text(error))
 
     folder = out / stem
-    for spec, target in targets:
-        for method in config.methods:
-            t0 = time.monotonic()
-            path = folder / f"{method.label}_{target.name}.nii.gz"
-            try:
-                explainer = Explainer(
-                    bundle.network, method.name, target, amp=config.amp, device=device, local=config.local,
-                    progress=progress, timeout=config.timeout, **window, **method.options,
-                )
-                attribution = explainer(x, prediction=prediction)[0]
-                folder.mkdir(parents=True, exist_ok=True)
-                save_attribution(attribution, data, bundle.preprocessing, path, image_key=bundle.image_key)
-                record(method.label, target.name, "ok", time.monotonic() - t0, output=path)
-            except MethodTimeout as error:
-                record(method.label, target.name, "timeout", time.monotonic() - t0, error=str(error))
-            except Exception as error:  # one failing method never stops the others
-                logger.debug("%s", traceback.format_exc())
-                record(method.label, target.name, "failed", time.monotonic() - t0, error=_error_text(error))
+    for result in compute_maps(bundle.network, x, config.methods, [t for _, t in targets], window, amp=config.amp,
+                               device=device, local=config.local, progress=progress, timeout=config.timeout):
+        path = folder / f"{result.method}_{result.target}{WRITER_FORMATS[config.format][0]}"
+        if result.status != "ok":
+            record(result.method, result.target, result.status, result.seconds, error=result.error)
+            continue
+        t0 = time.monotonic()
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            save_attribution(result.attribution[0], data, bundle.preprocessing, path, image_key=bundle.image_key,
+                             writer_format=config.format)
+            record(result.method, result.target, "ok", result.seconds + time.monotonic() - t0, output=path)
+        except Exception as error:  # an unwritable map never stops the others
+            logger.debug("%s", traceback.format_exc())
+            record(result.method, result.target, "failed", result.seconds + time.monotonic() - t0, error=error_text(error))
     return records

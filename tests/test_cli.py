@@ -52,7 +52,8 @@ def test_explain_writes_aligned_maps_and_manifest(bundle, tmp_path):
     }
     for record in records:
         assert record["status"] == "ok" and record["error"] is None and record["seconds"] >= 0
-        assert set(record) == {"image", "method", "target", "status", "seconds", "output", "error"}
+        assert set(record) == {"image", "method", "target", "class_name", "status", "seconds", "output", "error"}
+        assert record["class_name"] == "blob"  # from the metadata's channel_def
         assert Path(record["output"]) == out / "blob" / f"{record['method']}_{record['target']}.nii.gz"
         assert_aligned(Path(record["output"]), bundle / "sample" / "blob.nii.gz")
     assert not list(out.rglob(".*tmp*"))  # no temporary file left behind
@@ -211,10 +212,19 @@ def test_run_config_validation_names_the_key(tmp_path, text, message):
 
 def test_shipped_example_configs_are_valid():
     root = Path(__file__).resolve().parents[1] / "configs"
-    configs = sorted([*root.glob("*.yaml"), *root.glob("*.json")])
+    bundle_overrides = {"explain.json", "swin_unetr_compat.json"}  # monai.bundle configs, tested in test_monai_integration
+    configs = sorted(p for p in [*root.glob("*.yaml"), *root.glob("*.json")] if p.name not in bundle_overrides)
     assert configs, "configs/ should hold example run configs"
     for path in configs:
         assert isinstance(load_run_config(path), RunConfig)
+
+
+def test_bundle_config_prints_the_shipped_override(capsys):
+    assert main(["bundle-config"]) == 0
+    path = Path(capsys.readouterr().out.strip())
+    assert path.name == "explain.json" and json.loads(path.read_text())["explain_handler"]["_target_"] == "esegeta_monai.handlers.ExplainHandler"
+    assert main(["bundle-config", "--list"]) == 0 and "swin_unetr_compat.json" in capsys.readouterr().out
+    assert main(["bundle-config", "no_such"]) == 2 and "shipped: explain.json" in capsys.readouterr().err
 
 
 def test_methods_listing_names_every_registered_method(capsys):
@@ -258,3 +268,25 @@ def test_layers_listing_and_cam_with_layer_flag(bundle, tmp_path, capsys):
     assert_aligned(out / "blob" / "gradcam_argmax1.nii.gz", bundle / "sample" / "blob.nii.gz")
     assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "gradcam", "--out", str(tmp_path / "o2")]) == 2
     assert "needs layer=" in capsys.readouterr().err
+
+
+def test_layer_resolution_maps_are_written_on_their_own_grid(tmp_path):
+    """A CAM at layer resolution is written with the layer grid's affine (each layer voxel at the
+    centre of its block of preprocessed voxels), not inverted onto the input grid."""
+    from esegeta_monai.bundle import load_bundle
+    from esegeta_monai.engine import layer_affine
+    from esegeta_monai.io import load_for_explanation
+
+    bundle_dir = make_tiny_bundle(tmp_path / "bundle")
+    scan = write_image(tmp_path / "scan.nii.gz", shape=(32, 32, 32), affine=np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS, 1 mm
+    config = tmp_path / "run.yaml"
+    config.write_text(f"bundle: {bundle_dir}\nimages: [{scan}]\nmethods:\n  - gradcam: {{layer: model.0, resolution: layer}}\n"
+                      f"targets: [argmax:1]\nwindow: {{roi_size: [16, 16, 16], overlap: 0.5}}\nout: {tmp_path / 'out'}\n")
+    assert main(["explain", "--config", str(config), "-q"]) == 0
+    written = nib.load(str(tmp_path / "out" / "scan" / "gradcam_argmax1.nii.gz"))
+    bundle = load_bundle(bundle_dir)
+    image = load_for_explanation(scan, bundle.preprocessing)["image"]  # RAS after the bundle's Orientationd
+    assert written.shape == (16, 16, 16)
+    np.testing.assert_allclose(written.affine, layer_affine(image.affine, (2.0, 2.0, 2.0)).numpy(), atol=1e-4)
+    # each layer voxel sits at the centre of its 2×2×2 block: half a voxel in from the first input voxel's centre
+    np.testing.assert_allclose(np.abs(np.diag(written.affine)[:3]), [2.0, 2.0, 2.0], atol=1e-4)

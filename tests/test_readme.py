@@ -21,10 +21,11 @@ def test_method_table_lists_exactly_the_registered_methods():
     assert sorted(names) == available_methods()
 
 
-@pytest.mark.parametrize("index", [0, 1])
+@pytest.mark.parametrize("index", [0, 1, 2])
 def test_python_examples_run(index, tmp_path, monkeypatch):
     monkeypatch.chdir(README.parent)
     code = python_blocks()[index].replace('"saliency.nii.gz"', repr(str(tmp_path / "saliency.nii.gz")))
+    code = code.replace('output_dir="maps"', f"output_dir={str(tmp_path / 'maps')!r}")
     namespace: dict = {}
     exec(compile(code, f"README python block {index}", "exec"), namespace)
     attribution = namespace["attribution"]
