@@ -1,0 +1,71 @@
+"""Every registered method, one by one: 3D segmentation through sliding windows with a batch of
+two (equal to two batches of one), a 2D classifier on whole images, and AMP.
+
+A new method is covered here as soon as it is registered; ``OPTIONS`` only makes the slow
+ones cheap and names layers of the two test networks.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from esegeta_monai import Explainer
+from esegeta_monai.methods import available_methods, get_method
+from esegeta_monai.targets import ArgmaxRegion, ClassScore
+
+CHEAP = {"n_steps": 4, "nt_samples": 2, "n_samples": 2}
+LAYERS = {"3d": "model.1.submodule.0", "2d": "3"}  # a ResidualUnit of the UNet; the classifier's second conv
+CONTRAST = {"3d": "model.1.submodule.1", "2d": "3"}
+
+
+def options_for(method: str, dims: str) -> dict:
+    """Cheap, valid keywords of ``method`` for the test network of ``dims``."""
+    params = get_method(method).params
+    options = {k: v for k, v in CHEAP.items() if k in params}
+    if "layer" in params:
+        options["layer"] = LAYERS[dims]
+    if "contrast_layer" in params:
+        options["contrast_layer"] = CONTRAST[dims]
+        options["layer"] = None if dims == "3d" else "0"
+    return options
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_3d_segmentation_through_windows_batch_of_two_equals_two_of_one(unet3d, method):
+    torch.manual_seed(2)
+    x = torch.rand(2, 1, 20, 18, 22)
+    settings = dict(roi_size=(16, 16, 16), overlap=0.5, mode="gaussian", sw_batch_size=3, **options_for(method, "3d"))
+    explainer = Explainer(unet3d, method, ArgmaxRegion(1), **settings)
+    batch = explainer(x)
+    assert batch.shape[0] == 2 and batch.shape[2:] == x.shape[2:] and torch.isfinite(batch).all()
+    assert batch.abs().amax() > 0, f"{method}: an all-zero map"
+    singles = torch.cat([explainer(x[:1]), explainer(x[1:])])
+    # relevance rules divide by layer outputs, which amplifies rounding where they nearly cancel
+    # (mixed-sign ResidualUnit outputs): a looser tolerance for that family
+    atol = (1e-4 if get_method(method).family == "relevance" else 1e-6) * float(batch.abs().amax())
+    torch.testing.assert_close(batch, singles, rtol=1e-4, atol=atol)
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_2d_classifier_whole_image_and_amp(classifier2d, method):
+    torch.manual_seed(3)
+    x = torch.rand(2, 1, 16, 16)
+    options = options_for(method, "2d")
+    full = Explainer(classifier2d, method, ClassScore(1), **options)(x)
+    assert full.shape[0] == 2 and full.shape[2:] == x.shape[2:] and torch.isfinite(full).all()
+    mixed = Explainer(classifier2d, method, ClassScore(1), amp=True, **options)(x)
+    assert torch.isfinite(mixed).all()
+    if not get_method(method).amp_safe:  # amp is ignored for it: the float32 map
+        torch.testing.assert_close(mixed, full)
+        return
+    # bfloat16 forwards on the CPU (float16 on CUDA): close to the float32 map, not equal
+    a, b = full.flatten().double(), mixed.flatten().double()
+    if a.std() > 0:
+        assert torch.corrcoef(torch.stack([a, b]))[0, 1] > 0.9, f"{method}: the AMP map departs from float32"
+
+
+def test_every_method_refuses_an_unknown_keyword():
+    for method in available_methods():
+        with pytest.raises(Exception, match="no keyword 'no_such_option'"):
+            get_method(method).validate({"no_such_option": 1})
