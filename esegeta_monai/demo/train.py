@@ -239,9 +239,11 @@ def bundle_sample_dice(bundle_root: Path, parser_cfg: dict, image_path: str, lab
         shutil.rmtree(out, ignore_errors=True)
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True, help="training YAML (bundles/vessel_mra_demo/configs/train.yaml)")
+def start_training(argv, description: str, config_hint: str):
+    """The shared start of the demo trainings: ``--config``/``--eval-only`` parsed, the config
+    read, threads and MONAI's determinism set from it. Returns ``(args, cfg, bundle_root, seed)``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", required=True, help=f"training YAML ({config_hint})")
     ap.add_argument("--eval-only", action="store_true", help="skip training; evaluate the saved weights")
     args = ap.parse_args(argv)
 
@@ -251,7 +253,15 @@ def main(argv=None) -> dict:
     torch.set_num_threads(int(cfg.get("threads", 1)))
     seed = int(cfg["seed"])
     set_determinism(seed=seed)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    return args, cfg, bundle_root, seed
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+def main(argv=None) -> dict:
+    args, cfg, bundle_root, seed = start_training(argv, __doc__.split("\n")[0], "bundles/vessel_mra_demo/configs/train.yaml")
 
     parser = inference_parser(bundle_root, cfg)
     normalise = intensity_transform(parser)

@@ -24,7 +24,6 @@ configs, building the network, running the bundle) come from :mod:`esegeta_monai
 
 from __future__ import annotations
 
-import argparse
 import copy
 import csv
 import json
@@ -38,7 +37,7 @@ import numpy as np
 import torch
 
 from esegeta_monai.demo.lesions2d import make_lesion_image, write_lesion_sample
-from esegeta_monai.demo.train import build_network, inference_parser, load_train_config, run_bundle_config
+from esegeta_monai.demo.train import build_network, inference_parser, log, run_bundle_config, start_training
 from esegeta_monai.io.images import loading_prefix_length
 
 __all__ = ["preprocess_arrays", "make_dataset", "train", "evaluate", "classify_samples", "main"]
@@ -156,18 +155,7 @@ def _write_samples(bundle_root: Path, cfg: dict) -> list[dict]:
 
 
 def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--config", required=True, help="training YAML (bundles/lesion_cls_2d_demo/configs/train.yaml)")
-    ap.add_argument("--eval-only", action="store_true", help="skip training; evaluate the saved weights")
-    args = ap.parse_args(argv)
-
-    from monai.utils import set_determinism
-
-    cfg, bundle_root = load_train_config(args.config)
-    torch.set_num_threads(int(cfg.get("threads", 1)))
-    seed = int(cfg["seed"])
-    set_determinism(seed=seed)
-    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    args, cfg, bundle_root, seed = start_training(argv, __doc__.split("\n")[0], "bundles/lesion_cls_2d_demo/configs/train.yaml")
 
     parser = inference_parser(bundle_root, cfg)
     preprocessing = parser.get_parsed_content("preprocessing")
