@@ -60,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="argmax:C, otsu:C, mask:C:FILE, voxel:C:I,J,K or class:C (repeatable; C may be 1,2)")
     explain.add_argument("--out", help="output folder (default esegeta_out)")
     explain.add_argument("--format", choices=OUTPUT_FORMATS, help="map files: nifti (default, .nii.gz), nrrd, or png (2D maps only)")
+    explain.add_argument("--channel-reduce", choices=("sum", "mean", "none"),
+                         help="input channels of each map: sum (default), mean, or none (a 4D file); layer maps with reduce=none keep theirs")
     explain.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     explain.add_argument("--amp", action="store_true", default=None, help="mixed precision forwards")
     explain.add_argument("--timeout", type=float, help="seconds per method and image")
@@ -92,7 +94,7 @@ def _config_from_args(args) -> RunConfig:
     overrides = {
         "bundle": args.bundle, "images": args.images, "targets": args.targets, "out": args.out,
         "device": args.device, "amp": args.amp, "timeout": args.timeout, "weights": args.weights,
-        "local": args.local, "nan_policy": args.nan_policy, "format": args.format, "bundle_configs": args.bundle_configs,
+        "local": args.local, "nan_policy": args.nan_policy, "format": args.format, "channel_reduce": args.channel_reduce, "bundle_configs": args.bundle_configs,
     }
     for key, value in overrides.items():
         if value is not None:

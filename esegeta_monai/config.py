@@ -15,6 +15,7 @@ A run config is a YAML or JSON mapping; every key is optional::
     timeout: 600          # seconds per method and image
     out: esegeta_out
     format: nifti         # nifti (default), nrrd, or png (2D maps only)
+    channel_reduce: sum   # input channels of a map: sum (default), mean, or none (a 4D file per map)
 
 Validation happens before anything runs; an error names the key and the allowed values.
 
@@ -45,7 +46,8 @@ __all__ = ["MethodSpec", "RunConfig", "load_run_config", "parse_methods", "DEFAU
 DEFAULT_METHODS = (("saliency", {}), ("input_x_gradient", {}), ("integrated_gradients", {"n_steps": 16}))
 WINDOW_KEYS = ("roi_size", "overlap", "mode", "sw_batch_size", "sigma_scale", "padding_mode")
 NAN_POLICIES = ("error", "zero")
-OUTPUT_FORMATS = ("nifti", "nrrd", "png")  # the writer formats of esegeta_monai.io.save_attribution
+OUTPUT_FORMATS = ("nifti", "nrrd", "png")
+CHANNEL_REDUCTIONS = ("sum", "mean", "none")  # as esegeta_monai.io.save_attribution  # the writer formats of esegeta_monai.io.save_attribution
 
 
 @dataclass
@@ -81,6 +83,7 @@ class RunConfig:
     nan_policy: str = "error"
     progress: bool | None = None
     format: str = "nifti"
+    channel_reduce: str = "sum"
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str = "run config") -> RunConfig:
@@ -140,6 +143,8 @@ class RunConfig:
             raise ConfigError(f"{source}: window.roi_size must be a list of integers such as [64, 64, 64], got {roi!r}")
         if self.timeout is not None and not (isinstance(self.timeout, (int, float)) and self.timeout > 0):
             raise ConfigError(f"{source}: timeout must be a positive number of seconds, got {self.timeout!r}")
+        if self.channel_reduce not in CHANNEL_REDUCTIONS:
+            raise ConfigError(f"{source}: channel_reduce must be one of {CHANNEL_REDUCTIONS}, got {self.channel_reduce!r}")
         if self.format not in OUTPUT_FORMATS:
             raise ConfigError(f"{source}: format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
         if self.nan_policy not in NAN_POLICIES:

@@ -181,6 +181,13 @@ def _target_names(spec: str) -> list[str]:
         return [spec]
 
 
+def _channel_reduce(config: RunConfig, label: str) -> str:
+    """How a map's channels are written: kept for layer maps asked per channel (``reduce: none``),
+    else the run's ``channel_reduce`` (input channels summed by default)."""
+    spec = next((m for m in config.methods if m.label == label), None)
+    return "none" if spec is not None and spec.options.get("reduce") == "none" else config.channel_reduce
+
+
 def _explain_image(image, stem, bundle, config, window, target_specs, out, device, progress) -> list[dict[str, Any]]:
     records: list[dict[str, Any]] = []
     class_of: dict[str, int] = {}  # target name → output channel, for the channel's name in the metadata
@@ -233,6 +240,7 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
         try:
             folder.mkdir(parents=True, exist_ok=True)
             save_attribution(result.attribution[0], data, bundle.preprocessing, path, image_key=bundle.image_key,
+                             channel_reduce=_channel_reduce(config, result.method),
                              writer_format=config.format)
             record(result.method, result.target, "ok", result.seconds + time.monotonic() - t0, output=path)
         except Exception as error:  # an unwritable map never stops the others

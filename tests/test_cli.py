@@ -290,3 +290,18 @@ def test_layer_resolution_maps_are_written_on_their_own_grid(tmp_path):
     np.testing.assert_allclose(written.affine, layer_affine(image.affine, (2.0, 2.0, 2.0)).numpy(), atol=1e-4)
     # each layer voxel sits at the centre of its 2×2×2 block: half a voxel in from the first input voxel's centre
     np.testing.assert_allclose(np.abs(np.diag(written.affine)[:3]), [2.0, 2.0, 2.0], atol=1e-4)
+
+
+def test_per_channel_maps_are_written_as_4d_files(tmp_path):
+    """reduce: none keeps one map per layer channel in the file; --channel-reduce none keeps the input channels."""
+    bundle_dir = make_tiny_bundle(tmp_path / "bundle")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"bundle: {bundle_dir}\nmethods:\n  - layer_gradient_x_activation: {{layer: model.0, reduce: none, as: per_channel}}\n"
+                      f"  - layer_gradient_x_activation: {{layer: model.0, as: summed}}\ntargets: [argmax:1]\nout: {tmp_path / 'out'}\n")
+    assert main(["explain", "--config", str(config), "-q"]) == 0
+    source = nib.load(str(bundle_dir / "sample" / "blob.nii.gz"))
+    per_channel = nib.load(str(tmp_path / "out" / "blob" / "per_channel_argmax1.nii.gz"))
+    summed = nib.load(str(tmp_path / "out" / "blob" / "summed_argmax1.nii.gz"))
+    assert per_channel.shape == (*source.shape, 4) and summed.shape == source.shape
+    np.testing.assert_allclose(per_channel.get_fdata().sum(-1), summed.get_fdata(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(per_channel.affine, source.affine, atol=1e-5)

@@ -290,3 +290,28 @@ def test_window_larger_than_the_image_is_padded_as_monai_does(unet3d, padding_mo
     y = sliding_window_inference(probe, (16, 16, 16), 1, unet3d, padding_mode=padding_mode)
     (reference,) = torch.autograd.grad((y * weights).sum(), probe)
     assert relative_error(ours, reference) <= 1e-5
+
+
+class _Stitched(torch.nn.Module):
+    """``x ↦ T(x)`` through ``sliding_window_inference``, as one module, so that Captum's
+    ReLU-hook methods see the network inside it."""
+
+    def __init__(self, net, target, weights):
+        super().__init__()
+        self.net = net
+        self.value = stitched_target(net, target, weights)
+
+    def forward(self, x):
+        return self.value(x)[:, None]
+
+
+@pytest.mark.parametrize("method, captum_class", [("guided_backprop", GuidedBackprop), ("deconvolution", Deconvolution)])
+def test_relu_rule_methods_through_windows_equal_captum_through_the_stitched_prediction(unet3d, volume, method, captum_class):
+    """The window sum is exact for the hook methods too: Captum on the whole stitched target
+    (its ReLU hooks acting inside every window of sliding_window_inference) gives the same map."""
+    x = volume[:1]
+    target = MaskRegion(1, box=[(3, 20), (0, 24), (8, 30)])
+    ours = Explainer(unet3d, method, target, **WINDOWS)(x)
+    weights = target.weights(torch.zeros(1, 3, *x.shape[2:]))
+    reference = captum_class(_Stitched(unet3d, target, weights)).attribute(x.clone(), target=0)
+    assert relative_error(ours, reference) <= 1e-5
