@@ -1,5 +1,5 @@
-"""Every registered method, one by one: 3D segmentation through sliding windows with a batch of
-two (equal to two batches of one), a 2D classifier on whole images, and AMP.
+"""Every registered method, one by one: 3D and 2D segmentation through sliding windows with a
+batch of two (equal to two batches of one), a 2D classifier on whole images, and AMP.
 
 A new method is covered here as soon as it is registered; ``OPTIONS`` only makes the slow
 ones cheap and names layers of the two test networks.
@@ -15,7 +15,7 @@ from esegeta_monai.methods import available_methods, get_method
 from esegeta_monai.targets import ArgmaxRegion, ClassScore
 
 CHEAP = {"n_steps": 4, "nt_samples": 2, "n_samples": 2}
-LAYERS = {"3d": "model.1.submodule.0", "2d": "3"}  # a ResidualUnit of the UNet; the classifier's second conv
+LAYERS = {"3d": "model.1.submodule.0", "2d": "3"}  # a ResidualUnit of the UNets (2D or 3D); the classifier's second conv
 CONTRAST = {"3d": "model.1.submodule.1", "2d": "3"}
 
 
@@ -31,12 +31,20 @@ def options_for(method: str, dims: str) -> dict:
     return options
 
 
+def unet2d():
+    from monai.networks.nets import UNet
+
+    torch.manual_seed(0)
+    return UNet(2, 1, 3, (4, 8, 16), (2, 2), num_res_units=1, act="relu", norm="batch").eval()
+
+
+@pytest.mark.parametrize("spatial", [3, 2])
 @pytest.mark.parametrize("method", available_methods())
-def test_3d_segmentation_through_windows_batch_of_two_equals_two_of_one(unet3d, method):
+def test_segmentation_through_windows_batch_of_two_equals_two_of_one(unet3d, method, spatial):
     torch.manual_seed(2)
-    x = torch.rand(2, 1, 20, 18, 22)
-    settings = dict(roi_size=(16, 16, 16), overlap=0.5, mode="gaussian", sw_batch_size=3, **options_for(method, "3d"))
-    explainer = Explainer(unet3d, method, ArgmaxRegion(1), **settings)
+    net, x = (unet3d, torch.rand(2, 1, 20, 18, 22)) if spatial == 3 else (unet2d(), torch.rand(2, 1, 36, 40))
+    settings = dict(roi_size=(16,) * spatial, overlap=0.5, mode="gaussian", sw_batch_size=3, **options_for(method, "3d"))
+    explainer = Explainer(net, method, ArgmaxRegion(1), **settings)
     batch = explainer(x)
     assert batch.shape[0] == 2 and batch.shape[2:] == x.shape[2:] and torch.isfinite(batch).all()
     assert batch.abs().amax() > 0, f"{method}: an all-zero map"
