@@ -37,7 +37,6 @@ from esegeta_monai.maps import error_text
 from esegeta_monai.runner import Manifest, image_stem, methods_header
 from esegeta_monai.transforms import CHANNEL_REDUCTIONS, _ExplainSettings
 
-Events, _ = optional_import("ignite.engine", IgniteInfo.OPT_IMPORT_VERSION, min_version, "Events")
 if TYPE_CHECKING:
     from ignite.engine import Engine
 else:
