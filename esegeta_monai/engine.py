@@ -141,7 +141,7 @@ class WindowPass:
         self.scale: tuple[float, ...] | None = None
         self._active: dict[int, list] = {}  # batch size -> windows reaching the target
 
-    def _active_windows(self, batch: int) -> list[tuple[int, tuple[slice, ...]]]:
+    def active_windows(self, batch: int) -> list[tuple[int, tuple[slice, ...]]]:
         """The (sample, window) pairs whose share of the target is not zero; computed once per
         call, though noise-tunnel and SHAP methods run several passes."""
         if batch not in self._active:
@@ -173,7 +173,7 @@ class WindowPass:
         padded = plan.pad_input(inputs)
         full = {k: plan.pad_input(_expand_like(v, inputs)) for k, v in (window_tensors or {}).items()}
         total = None
-        pairs = self._active_windows(inputs.shape[0])
+        pairs = self.active_windows(inputs.shape[0])
         groups = list(self._groups(pairs))
         window_importance = plan.window_weights(padded.device)
         bar = tqdm(total=len(pairs), desc=self.label or "windows", unit="win", disable=not self.progress, leave=False)
@@ -182,7 +182,7 @@ class WindowPass:
                 self._check_deadline(done, len(groups))
                 x_win = _gather(padded, group).requires_grad_(True)
                 crops = {k: _gather(v, group) for k, v in full.items()}
-                weight = self._window_weights(x_win, group, window_importance)
+                weight = self.window_weights_of(x_win, group, window_importance)
                 attribution = window_fn(self.module, x_win, weight, crops).float()
                 if total is None:
                     grid, on_grid = self._result_grid(attribution, x_win, blend)
@@ -216,7 +216,9 @@ class WindowPass:
             grid, self.scale = layer_grid(plan, attribution.shape[2:])
         return grid, {_starts(w): g for w, g in zip(plan.slices, grid.slices)}
 
-    def _window_weights(self, x_win, group, importance):
+    def window_weights_of(self, x_win, group, importance):
+        """The target's output weights of a batch of (image, window) pairs: their share of the
+        output gradient (importance-weighted), or in local mode from their own output."""
         if not self.local:
             if self.output_weights.ndim == 2:  # classification: (B, 1)
                 return self.output_weights[[b for b, _ in group]]

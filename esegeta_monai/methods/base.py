@@ -69,6 +69,8 @@ class Method:
     #: whether forwards may run under autocast; if not, ``amp=True`` is ignored for it
     amp_safe: bool = True
     amp_note: str = ""
+    #: whether an image's map depends on the other images of its batch (feature permutation)
+    batch_dependent: bool = False
 
     def validate(self, options: dict[str, Any] | None) -> dict[str, Any]:
         """Return the options with defaults filled in; raise :class:`MethodError` on any
