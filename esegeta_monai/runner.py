@@ -7,7 +7,7 @@ aligned with the input file. One failing image, target or method is recorded and
 goes on. ``OUT/manifest.json`` is rewritten atomically after every record.
 
 Example:
-    >>> from esegeta_monai.config import RunConfig
+    >>> from esegeta_monai.config import MethodSpec, RunConfig
     >>> from esegeta_monai.runner import run_explanations
     >>> result = run_explanations(RunConfig(bundle="bundles/vessel_mra_demo", out="/tmp/esegeta_doc"))  # doctest: +SKIP
     >>> result.ok  # doctest: +SKIP
@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from esegeta_monai.bundle import Bundle, load_bundle
-from esegeta_monai.config import RunConfig
+from esegeta_monai.config import MethodSpec, RunConfig
 from esegeta_monai.errors import ConfigError, EsegetaError
 from esegeta_monai.io import WRITER_FORMATS, check_output_dir, load_for_explanation, save_attribution
-from esegeta_monai.io.masks import load_mask_like
+from esegeta_monai.io.masks import load_labels_like, load_mask_like
 from esegeta_monai.maps import compute_maps, error_text, window_only
 from esegeta_monai.targets import Target, parse_targets
 
@@ -181,6 +181,18 @@ def _target_names(spec: str) -> list[str]:
         return [spec]
 
 
+def _with_label_files(methods, image) -> list:
+    """The methods with ``features: <label file>`` resampled onto this image's network grid."""
+    resolved = []
+    for spec in methods:
+        features = spec.options.get("features")
+        if isinstance(features, str) and features not in ("slic", "grid"):
+            labels = torch.as_tensor(load_labels_like(features, image))[None, None]
+            spec = MethodSpec(spec.name, {**spec.options, "features": labels}, spec.output_name)
+        resolved.append(spec)
+    return resolved
+
+
 def _channel_reduce(config: RunConfig, label: str) -> str:
     """How a map's channels are written: kept for layer maps asked per channel (``reduce: none``),
     else the run's ``channel_reduce`` (input channels summed by default)."""
@@ -230,7 +242,14 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
                 record(method.label, spec, "failed", 0.0, error=error_text(error))
 
     folder = out / stem
-    for result in compute_maps(bundle.network, x, config.methods, [t for _, t in targets], window, amp=config.amp,
+    try:
+        methods = _with_label_files(config.methods, image_tensor)
+    except EsegetaError as error:
+        for _, target in targets:
+            for method in config.methods:
+                record(method.label, target.name, "failed", 0.0, error=error_text(error))
+        return records
+    for result in compute_maps(bundle.network, x, methods, [t for _, t in targets], window, amp=config.amp,
                                device=device, local=config.local, progress=progress, timeout=config.timeout):
         path = folder / f"{result.method}_{result.target}{WRITER_FORMATS[config.format][0]}"
         if result.status != "ok":

@@ -305,3 +305,28 @@ def test_per_channel_maps_are_written_as_4d_files(tmp_path):
     assert per_channel.shape == (*source.shape, 4) and summed.shape == source.shape
     np.testing.assert_allclose(per_channel.get_fdata().sum(-1), summed.get_fdata(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(per_channel.affine, source.affine, atol=1e-5)
+
+
+def test_feature_ablation_by_a_label_file(tmp_path):
+    """features: <label file> ablates the file's regions, resampled onto the network's grid; each
+    region gets one value in the written map (up to the interpolation back onto the scan)."""
+    bundle_dir = make_tiny_bundle(tmp_path / "bundle")
+    sample = nib.load(str(bundle_dir / "sample" / "blob.nii.gz"))
+    labels = np.zeros(sample.shape, np.int16)
+    labels[: sample.shape[0] // 2] = 1
+    labels[sample.shape[0] // 2 :, : sample.shape[1] // 2] = 7
+    label_file = tmp_path / "regions.nii.gz"
+    nib.save(nib.Nifti1Image(labels, sample.affine), str(label_file))
+    config = tmp_path / "run.yaml"
+    config.write_text(f"bundle: {bundle_dir}\nmethods:\n  - feature_ablation: {{features: {label_file}, fill: 0.0}}\n"
+                      f"targets: [argmax:1]\nout: {tmp_path / 'out'}\n")
+    assert main(["explain", "--config", str(config), "-q"]) == 0
+    written = nib.load(str(tmp_path / "out" / "blob" / "feature_ablation_argmax1.nii.gz")).get_fdata()
+    assert written.shape == sample.shape
+    inner = written[1 : sample.shape[0] // 2 - 1]  # away from region borders (trilinear inversion blends them)
+    assert np.ptp(inner) <= 1e-4 * max(np.abs(written).max(), 1e-12) and np.abs(written).max() > 0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"bundle: {bundle_dir}\nmethods:\n  - feature_ablation: {{features: {tmp_path / 'none.nii.gz'}}}\nout: {tmp_path / 'o2'}\n")
+    assert main(["explain", "--config", str(bad), "-q"]) == 1  # recorded as failed, with the file named
+    records = json.loads((tmp_path / "o2" / "manifest.json").read_text())["records"]
+    assert records[0]["status"] == "failed" and "none.nii.gz" in records[0]["error"]

@@ -11,8 +11,9 @@ images and one window batch.
 
 Features (ablation, permutation, Shapley sampling, and the surrogate methods): ``features``
 ``"slic"`` (scikit-image SLIC supervoxels of each image: ``n_segments``, ``compactness``),
-``"grid"`` (blocks of ``block`` voxels), or a label tensor broadcastable to the input (e.g. a
-segmentation); a feature spans all channels.
+``"grid"`` (blocks of ``block`` voxels), a label tensor broadcastable to the input, or (with
+``esegeta explain``) a label file such as an organ segmentation, resampled onto the network's
+grid; a feature spans all channels.
 
 Example:
     >>> import torch
@@ -46,8 +47,8 @@ def _number_or_none(value) -> bool:
 PER_EVAL = Param(4, positive_int, "perturbed copies evaluated per call (memory: that many images)", "a positive int")
 FILL = Param(0.0, _number_or_none, "value a removed feature takes (None: the image's mean)", "a number or None")
 FEATURE_PARAMS = {
-    "features": Param("slic", lambda v: v in ("slic", "grid") or torch.is_tensor(v), "slic, grid or a label tensor",
-                      "'slic', 'grid' or a label tensor broadcastable to the input"),
+    "features": Param("slic", lambda v: isinstance(v, str) or torch.is_tensor(v), "slic, grid, a label file or a label tensor",
+                      "'slic', 'grid', a label file (esegeta explain) or a label tensor broadcastable to the input"),
     "n_segments": Param(100, positive_int, "SLIC: about how many supervoxels", "a positive int"),
     "compactness": Param(0.1, non_negative_number, "SLIC: compactness (higher: more regular)", "a number ≥ 0"),
     "block": Param(None, lambda v: v is None or _ints(v), "grid: block size per spatial axis (default: an eighth of each axis)",
@@ -67,6 +68,9 @@ def feature_mask(inputs: torch.Tensor, options) -> torch.Tensor:
         except RuntimeError:
             raise MethodError(f"features of shape {tuple(spec.shape)} do not broadcast to the input {tuple(inputs.shape)}") from None
         return mask
+    if isinstance(spec, str) and spec not in ("slic", "grid"):
+        raise MethodError(f"features={spec!r}: a label file needs the image's geometry; `esegeta explain` resamples it onto the "
+                          "network's grid, in Python load it with esegeta_monai.io.masks.load_labels_like(path, image)")
     if spec == "grid":
         block = options["block"] or [max(1, s // 8) for s in inputs.shape[2:]]
         return grid_features(inputs.shape[2:], block).to(inputs.device)
