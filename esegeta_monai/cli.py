@@ -4,6 +4,8 @@ Subcommands:
     explain   explain a bundle's model on images, write aligned maps (NIfTI, NRRD, PNG) and a manifest
     methods   list the registered methods
     layers    list a bundle network's layers (names for CAMs) with output shapes
+    evaluate  score methods on a bundle's images (infidelity, sensitivity, deletion/insertion,
+              localisation, cascading randomisation): tables, a ranking and figures
     bundle-config  print the path of the shipped override config (explain step for monai.bundle run)
     targets   list the target kinds
 
@@ -78,6 +80,21 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--bundle", required=True, help="MONAI bundle folder")
     layers.add_argument("--weights", help="weights file (default: BUNDLE/models/model.pt)")
     layers.add_argument("--contains", help="only layers whose name or type contains this text")
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="score methods: infidelity, sensitivity, deletion/insertion, localisation, randomisation")
+    evaluate.add_argument("--bundle", required=True, help="MONAI bundle folder")
+    evaluate.add_argument("--image", action="append", dest="images", metavar="FILE", help="input image (repeatable); default: the bundle's sample")
+    evaluate.add_argument("--label", action="append", dest="labels", default=[], metavar="FILE", help="ground-truth label per image (localisation)")
+    evaluate.add_argument("--methods", default="saliency,guided_backprop,deconvolution", help="comma-separated methods")
+    evaluate.add_argument("--metrics", default="infidelity,sensitivity,deletion,insertion,randomisation", help="comma-separated metrics")
+    evaluate.add_argument("--target", help="target spec (default: argmax:1 for segmentation, class:1 for classifiers)")
+    evaluate.add_argument("--layer", help="layer for CAM/layer methods")
+    evaluate.add_argument("--samples", type=int, help="perturbation samples (default: 16 for infidelity, 10 for sensitivity)")
+    evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--roi-size", type=_roi, help="override the bundle's window")
+    evaluate.add_argument("--no-figures", action="store_true", help="tables only")
+    evaluate.add_argument("--out", default="esegeta_eval", help="output folder (default esegeta_eval)")
 
     shipped = sub.add_parser("bundle-config", parents=[common], help="print the path of a shipped override config (default: explain)")
     shipped.add_argument("name", nargs="?", default="explain", help="explain (default) or swin_unetr_compat")
@@ -171,6 +188,35 @@ def _layers(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from esegeta_monai.allocator import tune_allocator
+    from esegeta_monai.bundle import load_bundle
+    from esegeta_monai.evaluation.report import evaluate
+    from esegeta_monai.runner import default_targets
+
+    tune_allocator()
+    methods = parse_methods(args.methods, "--methods")
+    for spec in methods:
+        if args.layer and "layer" in get_method(spec.name).params:
+            spec.options["layer"] = args.layer
+        get_method(spec.name).validate(spec.options)
+    bundle = load_bundle(args.bundle)
+    images = args.images or [str(p) for p in bundle.samples]
+    if not images:
+        raise EsegetaError(f"bundle {bundle.root} has no sample input; pass --image FILE")
+    window = {"roi_size": args.roi_size} if args.roi_size else {}
+    result = evaluate(bundle, images, methods, [m.strip() for m in args.metrics.split(",") if m.strip()], args.out,
+                      target=args.target or default_targets(bundle)[0], labels=args.labels, window=window,
+                      n_samples=args.samples, seed=args.seed, steps=args.steps, figures=not args.no_figures)
+    failed = [r for r in result["rows"] if r["status"] != "ok"]
+    for metric, order in result["ranking"].items():
+        print(f"{metric:13s} " + "  ".join(f"{r['method']} {r['mean']:.4g}" for r in order))
+    print(f"tables in {args.out}/evaluation.csv, evaluation.json, ranking.json")
+    if failed:
+        print(f"{len(failed)} failed: their errors are in evaluation.csv", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def _bundle_config(args) -> int:
     from esegeta_monai.bundle import shipped_config
 
@@ -198,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("esegeta_monai").setLevel(level)
     try:
         return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers,
-                "bundle-config": _bundle_config}[args.command](args)
+                "bundle-config": _bundle_config, "evaluate": _evaluate}[args.command](args)
     except EsegetaError as error:
         print(f"esegeta: error: {error}", file=sys.stderr)
         return 2

@@ -373,24 +373,8 @@ class Explainer:
 
     # -- public -------------------------------------------------------------------------
     def __call__(self, inputs: torch.Tensor, prediction: torch.Tensor | None = None) -> torch.Tensor:
-        x = self._check_inputs(inputs)
         start = time.monotonic()
-        deadline = start + self.timeout if self.timeout else None
-        self.network.to(self.device)
-        with frozen_eval(self.network), torch.enable_grad():
-            plan = self._plan(x)
-            weights = None if self.local and self.target.needs_prediction else self._output_weights(x, plan, prediction)
-            window_pass = WindowPass(
-                WeightedOutput(self.network, self.target.class_index, self.amp and self.method.amp_safe),
-                plan,
-                self.target,
-                weights,
-                sw_batch_size=self.sw_batch_size,
-                local=self.local,
-                progress=self.progress,
-                deadline=deadline,
-                label=f"{self.method.name} {self.target.name}",
-            )
+        with self.session(inputs, prediction) as (window_pass, x):
             attribution = self.method.run(window_pass, x, self.options).detach().float()
         self.last_pass = window_pass
         self.last_scale = window_pass.scale or (1.0,) * (x.ndim - 2)
@@ -402,6 +386,30 @@ class Explainer:
         if isinstance(inputs, MetaTensor):
             return _with_meta(attribution, inputs, self.last_scale)
         return attribution
+
+    @contextlib.contextmanager
+    def session(self, inputs: torch.Tensor, prediction: torch.Tensor | None = None):
+        """The :class:`WindowPass` of ``inputs`` and the checked input tensor, with the network
+        in eval mode, parameters frozen and gradients enabled (restored on exit) — what a method
+        runs in; also what evaluation needs to compute the target of perturbed inputs
+        (:class:`~esegeta_monai.perturbation.WindowedTarget`)."""
+        x = self._check_inputs(inputs)
+        deadline = time.monotonic() + self.timeout if self.timeout else None
+        self.network.to(self.device)
+        with frozen_eval(self.network), torch.enable_grad():
+            plan = self._plan(x)
+            weights = None if self.local and self.target.needs_prediction else self._output_weights(x, plan, prediction)
+            yield WindowPass(
+                WeightedOutput(self.network, self.target.class_index, self.amp and self.method.amp_safe),
+                plan,
+                self.target,
+                weights,
+                sw_batch_size=self.sw_batch_size,
+                local=self.local,
+                progress=self.progress,
+                deadline=deadline,
+                label=f"{self.method.name} {self.target.name}",
+            ), x
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """The no-grad sliding-window prediction (MONAI's ``sliding_window_inference``)."""
