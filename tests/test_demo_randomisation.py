@@ -25,7 +25,7 @@ from esegeta_monai.methods import available_methods, get_method
 DEMO = Path(__file__).resolve().parents[1] / "bundles" / "vessel_mra_demo"
 LAYER = "model.1.submodule.1.submodule.0"  # the deepest encoder block (32 channels at 1/4 resolution)
 CONTRAST = "model.1.submodule.1.submodule.1"  # the bottleneck skip connection above it
-CHEAP = {"n_steps": 8, "nt_samples": 4, "n_samples": 4, "n_segments": 24, "steps": 2}
+CHEAP = {"n_steps": 8, "nt_samples": 4, "n_samples": 4, "n_segments": 24, "steps": 2, "n_masks": 64, "center": True}
 #: visualisation methods whose output is an image meant to resemble the input, whatever the weights
 EXCLUDED = {
     "deepdream": "starts from the input image and changes it a little: both maps keep the image's ranks (Spearman 0.999)",
@@ -42,6 +42,8 @@ def options_for(method: str) -> dict:
         options.update(layer=None, contrast_layer=CONTRAST)
     if "sliding_window_shapes" in params:
         options.update(sliding_window_shapes=[16] * 3)
+    if method == "kernel_shap":  # a regression over ≤ 24 supervoxels: more samples than features
+        options.update(n_samples=32)
     return options
 
 
