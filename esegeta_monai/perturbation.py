@@ -111,6 +111,7 @@ class WindowedTarget:
         size = self.window_pass.sw_batch_size
         with torch.no_grad():
             for start in range(0, len(jobs), size):
+                self.window_pass.check_deadline(start // size, -(-len(jobs) // size))  # --timeout, between window batches
                 group = jobs[start : start + size]
                 x_win = torch.stack([padded[(slice(None), *window)] for _, window, padded in group])
                 weight = self.window_pass.window_weights_of(x_win, [(b, w) for b, w, _ in group], self.importance)
