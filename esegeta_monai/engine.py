@@ -158,7 +158,7 @@ class WindowPass:
         for start in range(0, len(pairs), size):
             yield pairs[start : start + size]
 
-    def _check_deadline(self, done: int, total: int) -> None:
+    def check_deadline(self, done: int, total: int) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise MethodTimeout(f"{self.label}: time budget exceeded after {done}/{total} window batches")
 
@@ -179,7 +179,7 @@ class WindowPass:
         bar = tqdm(total=len(pairs), desc=self.label or "windows", unit="win", disable=not self.progress, leave=False)
         try:
             for done, group in enumerate(groups):
-                self._check_deadline(done, len(groups))
+                self.check_deadline(done, len(groups))
                 x_win = _gather(padded, group).requires_grad_(True)
                 crops = {k: _gather(v, group) for k, v in full.items()}
                 weight = self.window_weights_of(x_win, group, window_importance)

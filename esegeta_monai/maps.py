@@ -50,6 +50,7 @@ class MapResult:
     seconds: float
     attribution: torch.Tensor | None = None  #: ``(B, C, *spatial)`` on the input's grid, when ok
     error: str | None = None
+    report: dict | None = None  #: what the method reports besides the map (e.g. a surrogate's R²)
 
 
 def error_text(error: BaseException) -> str:
@@ -107,7 +108,8 @@ def compute_maps(
                 explainer = Explainer(network, method.name, target, amp=amp, device=device, local=local,
                                       progress=progress, timeout=timeout, **window, **method.options)
                 attribution = explainer(inputs, prediction=prediction)
-                yield MapResult(method.label, target.name, "ok", time.monotonic() - start, attribution=attribution)
+                yield MapResult(method.label, target.name, "ok", time.monotonic() - start, attribution=attribution,
+                                report=getattr(explainer.method, "last_report", None))
             except MethodTimeout as error:
                 yield MapResult(method.label, target.name, "timeout", time.monotonic() - start, error=str(error))
             except Exception as error:  # one failing method never stops the others

@@ -205,10 +205,11 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
     class_of: dict[str, int] = {}  # target name → output channel, for the channel's name in the metadata
 
     def record(method: str, target: str, status: str, seconds: float, output: Path | None = None, error: str | None = None,
-               log_it: bool = True):
+               log_it: bool = True, report: dict | None = None):
         records.append({
             "image": str(image), "method": method, "target": target, "class_name": bundle.class_names.get(class_of.get(target, -1)),
             "status": status, "seconds": round(seconds, 3), "output": str(output) if output else None, "error": error,
+            **({"report": report} if report else {}),
         })
         if log_it:
             log = logger.info if status == "ok" else logger.error
@@ -261,7 +262,7 @@ def _explain_image(image, stem, bundle, config, window, target_specs, out, devic
             save_attribution(result.attribution[0], data, bundle.preprocessing, path, image_key=bundle.image_key,
                              channel_reduce=_channel_reduce(config, result.method),
                              writer_format=config.format)
-            record(result.method, result.target, "ok", result.seconds + time.monotonic() - t0, output=path)
+            record(result.method, result.target, "ok", result.seconds + time.monotonic() - t0, output=path, report=result.report)
         except Exception as error:  # an unwritable map never stops the others
             logger.debug("%s", traceback.format_exc())
             record(result.method, result.target, "failed", result.seconds + time.monotonic() - t0, error=error_text(error))

@@ -138,3 +138,25 @@ def test_bad_parameters_are_clear(unet3d, volume):
         Explainer(unet3d, "occlusion", ArgmaxRegion(1), sliding_window_shapes=(4, 4), **WINDOWS)(volume[:1])
     with pytest.raises(MethodError, match="do not broadcast"):
         Explainer(unet3d, "feature_ablation", ArgmaxRegion(1), features=torch.zeros(3, 3), **WINDOWS)(volume[:1])
+
+
+def test_perturbation_methods_stop_at_the_timeout(unet3d, volume):
+    from esegeta_monai.errors import MethodTimeout
+
+    with pytest.raises(MethodTimeout, match="time budget"):
+        Explainer(unet3d, "occlusion", ArgmaxRegion(1), sliding_window_shapes=(2, 2, 2), timeout=1e-3, **WINDOWS)(volume[:1])
+
+
+def test_the_surrogate_score_reaches_the_manifest(tmp_path):
+    import json
+
+    from esegeta_monai.cli import main
+    from tiny_bundle import make_tiny_bundle
+
+    bundle = make_tiny_bundle(tmp_path / "bundle")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"bundle: {bundle}\nmethods:\n  - lime: {{features: grid, block: [8, 8, 8], n_samples: 16}}\n"
+                      f"targets: [argmax:1]\nout: {tmp_path / 'out'}\n")
+    assert main(["explain", "--config", str(config), "-q"]) == 0
+    (record,) = json.loads((tmp_path / "out" / "manifest.json").read_text())["records"]
+    assert record["report"]["n_samples"] == 16 and len(record["report"]["r2"]) == 1 and record["report"]["r2"][0] <= 1
