@@ -6,7 +6,7 @@ import pytest
 import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ.get("ESEGETA_TEST_THREADS", 0)) or max(1, min(2, os.cpu_count() or 1)))  # 1 on a shared machine
 
 
 @pytest.fixture
