@@ -162,3 +162,22 @@ def test_esegeta_evaluate_writes_tables_ranking_and_figures(tmp_path):
     assert sorted(r["method"] for r in ranking["deletion"]) == ["guided_backprop", "saliency"]
     assert (out / "randomisation_lesion_0_saliency.png").is_file() and (out / "deletion_insertion.png").is_file()
     assert main(["evaluate", "--bundle", str(demo), "--metrics", "localisation", "--out", str(tmp_path / "x"), "-q"]) == 2  # no label
+
+
+def test_independent_randomisation_changes_one_layer_at_a_time():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=1),
+                              torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    x = torch.rand(1, 1, 12, 12)
+    seen = []
+
+    def explain(model):
+        seen.append([name for (name, p), q in zip(model.named_parameters(), net.parameters()) if not torch.equal(p, q)])
+        return Explainer(model, "saliency", "class:1")(x)
+
+    steps = cascading_randomisation(net, explain, x, seed=2, independent=True)
+    assert [s["layer"] for s in steps] == ["original", "4", "2", "0"]
+    assert seen == [[], ["4.weight", "4.bias"], ["2.weight", "2.bias"], ["0.weight", "0.bias"]]  # one layer each time
+    seen.clear()
+    cascading_randomisation(net, explain, x, seed=2)
+    assert [len(s) for s in seen] == [0, 2, 4, 6]  # cascading: the randomised layers accumulate
