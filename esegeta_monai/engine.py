@@ -42,7 +42,7 @@ from esegeta_monai.methods import Method, get_method
 from esegeta_monai.targets import Target, parse_targets
 from esegeta_monai.windows import WindowPlan, layer_affine, layer_grid, plan_windows
 
-__all__ = ["Explainer", "WindowPass", "first_output", "frozen_eval", "layer_affine", "layer_grid", "predict"]
+__all__ = ["Explainer", "WindowPass", "first_output", "frozen_eval", "layer_affine", "layer_grid", "predict", "with_meta_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class Explainer:
             raise FloatingPointError(f"{self.method.name} {self.target.name}: {bad} NaN/Inf attribution values{hint}; nothing written")
         logger.debug("%s %s: %d windows in %.2fs", self.method.name, self.target.name, window_pass.windows_run, time.monotonic() - start)
         if isinstance(inputs, MetaTensor):
-            return _with_meta(attribution, inputs, self.last_scale)
+            return with_meta_of(attribution, inputs, self.last_scale)
         return attribution
 
     @contextlib.contextmanager
@@ -492,21 +492,16 @@ def _check_output_grid(output: torch.Tensor, x: torch.Tensor, plan: WindowPlan, 
         )
 
 
-def _with_meta(attribution: torch.Tensor, inputs: MetaTensor, scale: tuple[float, ...]) -> MetaTensor:
-    """The input's meta on the map; a layer-grid map gets :func:`layer_affine` and no
-    ``applied_operations`` (the preprocessing's inverses do not apply to its grid)."""
-    result = _with_meta_of(attribution, inputs)
-    if any(f != 1 for f in scale):
-        result.applied_operations = []
-        result.affine = layer_affine(inputs.affine, scale)
-    return result
-
-
-def _with_meta_of(attribution: torch.Tensor, inputs: MetaTensor) -> MetaTensor:
+def with_meta_of(attribution: torch.Tensor, inputs: MetaTensor, scale: Sequence[float] | None = None) -> MetaTensor:
     """``attribution`` as a MetaTensor carrying the meta (batched or not) and the
-    ``applied_operations`` of ``inputs``."""
-    out = MetaTensor(attribution)
+    ``applied_operations`` of ``inputs``; a layer-grid map (``scale`` not ones) gets
+    :func:`layer_affine` and no ``applied_operations`` (the preprocessing's inverses do not
+    apply to its grid)."""
+    out = MetaTensor(attribution.as_tensor() if isinstance(attribution, MetaTensor) else attribution)
     out.copy_meta_from(inputs, copy_attr=True)
+    if scale is not None and any(f != 1 for f in scale):
+        out.applied_operations = []
+        out.affine = layer_affine(inputs.affine, scale)
     return out
 
 

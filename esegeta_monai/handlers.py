@@ -35,7 +35,7 @@ from esegeta_monai.errors import ConfigError
 from esegeta_monai.io import WRITER_FORMATS, check_output_dir, save_attribution
 from esegeta_monai.maps import error_text
 from esegeta_monai.runner import Manifest, image_stem, methods_header
-from esegeta_monai.transforms import CHANNEL_REDUCTIONS, _ExplainSettings
+from esegeta_monai.transforms import CHANNEL_REDUCTIONS, ExplainSettings
 
 if TYPE_CHECKING:
     from ignite.engine import Engine
@@ -94,9 +94,10 @@ class ExplainHandler:
         if channel_reduce not in CHANNEL_REDUCTIONS:
             raise ConfigError(f"channel_reduce={channel_reduce!r}; choose one of {', '.join(CHANNEL_REDUCTIONS)}")
         # validated now (methods, keywords, targets, window keys), so a typo fails before the first image
-        self._check = _ExplainSettings(None, list(methods), targets, None, window, "none", True, amp, device, local,
-                                       progress, timeout, None)
+        self._check = ExplainSettings(None, list(methods), targets, None, window, "none", True, amp, device, local,
+                                      progress, timeout, None)
         self.methods, self.targets, self.window = list(methods), targets, window
+        self._settings: dict[int, ExplainSettings] = {}  # per engine, made at its first iteration
         self.output_dir = Path(output_dir)
         self.preprocessing = preprocessing
         self.image_key = image_key
@@ -124,10 +125,12 @@ class ExplainHandler:
 
         output = engine.state.output
         images, prediction = output[CommonKeys.IMAGE], output.get(CommonKeys.PRED)
-        settings = _ExplainSettings(
-            self.network or engine.network, self.methods, self.targets, self.inferer or getattr(engine, "inferer", None),
-            self.window, "none", True, spatial_dims=images.ndim - 2, **self.engine_options,
-        )
+        settings = self._settings.get(id(engine))
+        if settings is None:  # the engine's network and inferer, once
+            settings = self._settings[id(engine)] = ExplainSettings(
+                self.network or engine.network, self.methods, self.targets, self.inferer or getattr(engine, "inferer", None),
+                self.window, "none", True, spatial_dims=images.ndim - 2, **self.engine_options,
+            )
         reuse = self.reuse_prediction and torch.is_tensor(prediction) and not settings.engine_options["local"]
         items = decollate_batch(images, detach=True) if isinstance(images, MetaTensor) else list(images)
         stems = [self._stem(item, engine, index) for index, item in enumerate(items)]

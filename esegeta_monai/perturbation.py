@@ -59,6 +59,9 @@ class WindowedTarget:
         self.pairs = window_pass.active_windows(inputs.shape[0])  # (image, window) pairs with a non-zero share
         self.terms = torch.zeros((inputs.shape[0], len(self.plan.slices)), dtype=torch.float64, device=inputs.device)
         self._index = {_start(w): i for i, w in enumerate(self.plan.slices)}
+        self._windows_of: dict[int, list] = {}  # image → its (term index, window) pairs reaching the target
+        for b, window in self.pairs:
+            self._windows_of.setdefault(b, []).append((self._index[_start(window)], window))
         self.forwards = 0
         self._run([(b, w, self.padded[b]) for b, w in self.pairs], store=True)
         self.clean = self.terms.sum(1)
@@ -97,9 +100,9 @@ class WindowedTarget:
             changed = (padded != self.padded[b]).any(0)
             if not bool(changed.any()):
                 continue
-            for image, window in self.pairs:
-                if image == b and bool(changed[window].any()):
-                    values[row] -= self.terms[b, self._index[_start(window)]]
+            for index, window in self._windows_of.get(b, []):
+                if bool(changed[window].any()):
+                    values[row] -= self.terms[b, index]
                     jobs.append((row, window, padded))
         for (row, _, _), value in zip(jobs, self._run([(images[r], w, p) for r, w, p in jobs])):
             values[row] += value

@@ -39,12 +39,13 @@ from monai.transforms import MapTransform, Transform
 
 from esegeta_monai.config import MethodSpec, parse_methods
 from esegeta_monai.errors import ConfigError, EsegetaError, InputError, MethodError
+from esegeta_monai.engine import with_meta_of
 from esegeta_monai.maps import MapResult, compute_maps
 from esegeta_monai.methods import get_method
 from esegeta_monai.targets import Target, parse_targets
 from esegeta_monai.windows import WINDOW_SETTINGS, inferer_settings
 
-__all__ = ["Explain", "Explaind", "reduce_input_channels", "OUTPUT_KEY_PATTERN"]
+__all__ = ["Explain", "Explaind", "ExplainSettings", "reduce_input_channels", "OUTPUT_KEY_PATTERN"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def reduce_input_channels(attribution: torch.Tensor, how: str, channel_dim: int 
     return attribution.mean(channel_dim, keepdim=True)
 
 
-class _ExplainSettings:
+class ExplainSettings:
     """What :class:`Explain` and :class:`Explaind` share: network, methods, targets, windows."""
 
     def __init__(self, network, methods, targets, inferer, window: dict[str, Any], channel_reduce: str, batched: bool,
@@ -121,11 +122,11 @@ class _ExplainSettings:
         if not self.batched:
             attribution = attribution[0]
         if isinstance(image, MetaTensor):
-            return MetaTensor(attribution, meta=dict(image.meta), applied_operations=list(image.applied_operations))
+            return with_meta_of(attribution, image)
         return attribution
 
 
-class Explain(_ExplainSettings, Transform):
+class Explain(ExplainSettings, Transform):
     """Array transform: one method and one target → the attribution map of an image.
 
     Args:
@@ -165,7 +166,7 @@ class Explain(_ExplainSettings, Transform):
         return self.as_output(result.attribution, img)
 
 
-class Explaind(_ExplainSettings, MapTransform):
+class Explaind(ExplainSettings, MapTransform):
     """Dictionary transform: every method × target for every key; outputs under new keys.
 
     Args:
@@ -194,7 +195,7 @@ class Explaind(_ExplainSettings, MapTransform):
                  local: bool = False, progress: bool = False, timeout: float | None = None, spatial_dims: int | None = None,
                  **window: Any):
         MapTransform.__init__(self, keys, allow_missing_keys)
-        _ExplainSettings.__init__(self, network, list(methods), targets, inferer, window, channel_reduce, batched, amp,
+        ExplainSettings.__init__(self, network, list(methods), targets, inferer, window, channel_reduce, batched, amp,
                                   device, local, progress, timeout, spatial_dims)
         if on_error not in ON_ERROR:
             raise ConfigError(f"on_error={on_error!r}; choose one of {', '.join(ON_ERROR)}")

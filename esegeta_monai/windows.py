@@ -23,7 +23,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +68,8 @@ class WindowPlan:
     importance: torch.Tensor
     padding_mode: str = "constant"
     cval: float = 0.0
+    #: the roi_size, overlap, mode and sigma_scale the plan was made with (for :meth:`like`)
+    settings: dict = field(default_factory=dict)
 
     @property
     def single(self) -> bool:
@@ -101,6 +103,22 @@ class WindowPlan:
         for window in self.slices:
             total[(slice(None), slice(None), *window)] += self.importance
         return total
+
+    def like(self, spatial_shape: Sequence[int]) -> WindowPlan:
+        """The plan of the same windows (size, overlap, mode, padding) over an image of another shape.
+
+        Example:
+            >>> plan = plan_windows((40, 40), roi_size=(16, 16), overlap=0.5)
+            >>> smaller = plan.like((24, 24))
+            >>> [(int(s.start), int(s.stop)) for s in smaller.slices[1]], len(smaller.slices)
+            ([(0, 16), (8, 24)], 4)
+        """
+        if tuple(int(s) for s in spatial_shape) == tuple(self.spatial_shape):
+            return self
+        if not self.settings:
+            raise ValueError("this plan was not made by plan_windows: it cannot be repeated on another shape")
+        return plan_windows(spatial_shape, padding_mode=self.padding_mode, cval=self.cval, device=self.importance.device,
+                            **self.settings)
 
     def window_weights(self, device=None) -> torch.Tensor:
         """``(1, 1, *roi)`` importance map; ones for the whole-image case."""
@@ -145,7 +163,8 @@ def plan_windows(
     else:
         importance = compute_importance_map(roi, mode=mode, sigma_scale=sigma_scale, device=device)[None, None]
         importance = importance.to(torch.float32)
-    return WindowPlan(spatial_shape, padded, pad, slices, importance, padding_mode, cval)
+    settings = {"roi_size": roi, "overlap": overlaps, "mode": mode, "sigma_scale": sigma_scale}
+    return WindowPlan(spatial_shape, padded, pad, slices, importance, padding_mode, cval, settings)
 
 
 def inferer_settings(inferer, spatial_dims: int | None = None) -> dict:

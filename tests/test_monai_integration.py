@@ -212,3 +212,16 @@ def test_monai_bundle_run_with_the_shipped_override_on_spleen(tmp_path):
         assert np.isfinite(written.get_fdata()).all()
     records = json.loads((bundle / "eval" / "esegeta_manifest.json").read_text())["records"]
     assert [r["status"] for r in records] == ["ok", "ok"]
+
+
+def test_batched_metatensors_keep_each_images_meta(tiny):
+    """A collated batch of MetaTensors (e.g. after a DataLoader) comes back with each image's affine."""
+    from monai.data import decollate_batch, list_data_collate
+
+    items = [tiny.preprocessing({"image": str(s)}) for s in tiny.samples]
+    batch = list_data_collate(items)["image"]
+    maps = Explain(tiny.network, "saliency", "argmax:1", inferer=tiny.inferer_object, batched=True)(batch)
+    for item, single in zip(items, decollate_batch(maps)):
+        assert single.shape == (1, *item["image"].shape[1:])
+        torch.testing.assert_close(single.affine, item["image"].affine)
+        assert len(single.applied_operations) == len(item["image"].applied_operations)

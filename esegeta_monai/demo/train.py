@@ -304,6 +304,20 @@ def start_training(argv, description: str, config_hint: str):
     return args, cfg, bundle_root, seed
 
 
+def write_training_metrics(result: dict, cfg: dict, command: str, path: Path) -> None:
+    """The training's metrics with the versions, the command and the config, as JSON."""
+    import monai
+
+    result["versions"] = {"torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__}
+    result["command"] = command
+    result["config"] = copy.deepcopy(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+        f.write("\n")
+    log(f"wrote {path}")
+
+
 def log(message: str) -> None:
     print(message, flush=True)
 
@@ -363,16 +377,7 @@ def main(argv=None) -> dict:
         f"{sample['dice']:.4f}, shape matches {sample['shape_matches']}, affine matches {sample['affine_matches']}")
 
     if not args.eval_only:
-        import monai
-
-        result["versions"] = {"torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__}
-        result["command"] = f"python -m esegeta_monai.demo.train --config {args.config}"
-        result["config"] = copy.deepcopy(cfg)
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(metrics_path, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        log(f"wrote {metrics_path}")
+        write_training_metrics(result, cfg, f"python -m esegeta_monai.demo.train --config {args.config}", metrics_path)
     print(json.dumps({k: result[k] for k in ("heldout_dice_mean",)} | {"sample_dice": round(sample["dice"], 4)}))
     return result
 

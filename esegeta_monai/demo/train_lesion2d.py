@@ -24,7 +24,6 @@ configs, building the network, running the bundle) come from :mod:`esegeta_monai
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import shutil
@@ -37,7 +36,7 @@ import numpy as np
 import torch
 
 from esegeta_monai.demo.lesions2d import make_lesion_image, write_lesion_sample
-from esegeta_monai.demo.train import build_network, inference_parser, log, run_bundle_config, start_training
+from esegeta_monai.demo.train import build_network, inference_parser, log, run_bundle_config, start_training, write_training_metrics
 from esegeta_monai.io.images import loading_prefix_length
 
 __all__ = ["preprocess_arrays", "make_dataset", "train", "evaluate", "classify_samples", "main"]
@@ -192,16 +191,7 @@ def main(argv=None) -> dict:
     result["samples"] = samples
 
     if not args.eval_only:
-        import monai
-
-        result["versions"] = {"torch": torch.__version__, "monai": monai.__version__, "numpy": np.__version__}
-        result["command"] = COMMAND
-        result["config"] = copy.deepcopy(cfg)
-        metrics_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(metrics_path, "w") as f:
-            json.dump(result, f, indent=2)
-            f.write("\n")
-        log(f"wrote {metrics_path}")
+        write_training_metrics(result, cfg, COMMAND, metrics_path)
     print(json.dumps({"heldout_accuracy": result["heldout"]["accuracy"], "heldout_auc": result["heldout"]["auc"]}))
     return result
 

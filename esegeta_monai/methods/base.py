@@ -19,7 +19,7 @@ from typing import Any
 
 from esegeta_monai.errors import MethodError
 
-__all__ = ["Param", "Method", "positive_int", "non_negative_number", "one_of", "is_bool"]
+__all__ = ["Param", "Method", "positive_int", "non_negative_number", "positive_number", "is_int", "one_of", "is_bool", "SEED"]
 
 
 @dataclass(frozen=True)
@@ -32,12 +32,20 @@ class Param:
     expects: str = ""
 
 
+def is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def non_negative_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+
+
+def positive_number(value) -> bool:
+    return non_negative_number(value) and value > 0
 
 
 def is_bool(value) -> bool:
@@ -50,6 +58,10 @@ def one_of(*choices) -> Callable[[Any], bool]:
 
     check.choices = choices  # type: ignore[attr-defined]
     return check
+
+
+#: the seed of a method's random draws (noise, baselines, masks, orders, starts)
+SEED = Param(0, is_int, "random seed", "an int")
 
 
 class Method:

@@ -47,7 +47,7 @@ RESOLUTION = Param("input", one_of("input", "layer"), "'input': upsampled to the
 NORMALIZE = Param(False, is_bool, "min–max normalise each image's map to [0, 1]", "True or False")
 
 
-class _NeedsLayer:
+class NeedsLayer:
     """Validation shared by the CAMs: ``layer`` is required."""
 
     def validate(self, options):
@@ -110,7 +110,7 @@ def layer_activation_and_gradient(module, layer: torch.nn.Module, x: torch.Tenso
     return activation.detach().float(), gradient.float()
 
 
-class CamMethod(_NeedsLayer, Method):
+class CamMethod(NeedsLayer, Method):
     """Base of the CAMs: subclasses only say how channel weights come from ``A`` and ``∂T/∂A``."""
 
     family = "cam"
@@ -165,7 +165,7 @@ class GradCamPlusPlusMethod(CamMethod):
 
 
 @register
-class GuidedGradCamMethod(_NeedsLayer, Method):
+class GuidedGradCamMethod(NeedsLayer, Method):
     name = "guided_gradcam"
     family = "cam"
     library = "esegeta (Captum semantics)"

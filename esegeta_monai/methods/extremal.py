@@ -41,7 +41,7 @@ import torch
 from monai.networks.layers import separable_filtering
 from monai.networks.layers.convutils import gaussian_1d
 
-from esegeta_monai.methods.base import Method, Param, non_negative_number, positive_int
+from esegeta_monai.methods.base import Method, Param, non_negative_number, positive_int, positive_number
 from esegeta_monai.methods.cam import upsample
 from esegeta_monai.methods.registry import get_method, register
 from esegeta_monai.methods.rise import CELLS, per_axis
@@ -52,10 +52,6 @@ __all__ = ["ExtremalPerturbationMethod", "gaussian_smooth", "area_loss", "area_w
 
 def _fraction(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 < value < 1
-
-
-def _positive_number(value) -> bool:
-    return non_negative_number(value) and value > 0
 
 
 def gaussian_smooth(volume: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -135,11 +131,11 @@ class ExtremalPerturbationMethod(Method):
     params = {
         "area": Param(0.1, _fraction, "fraction of the image the mask keeps", "a number in (0, 1)"),
         "steps": Param(100, positive_int, "optimisation steps (each one gradient pass through the windows)", "a positive int"),
-        "lr": Param(0.05, _positive_number, "Adam learning rate on the mask parameters (range [0, 1])", "a number > 0"),
+        "lr": Param(0.05, positive_number, "Adam learning rate on the mask parameters (range [0, 1])", "a number > 0"),
         "cells": dataclasses.replace(CELLS, default=16),
         "smoothing": Param(0.5, non_negative_number, "Gaussian smoothing of the coarse mask, in cells (0: none)", "a number ≥ 0"),
         "blur_sigma": Param(5.0, non_negative_number, "Gaussian blur of the removed parts, in voxels", "a number ≥ 0"),
-        "area_weight": Param(100.0, _positive_number, "final weight of the area loss against the normalised target (ramped up from 1%)", "a number > 0"),
+        "area_weight": Param(100.0, positive_number, "final weight of the area loss against the normalised target (ramped up from 1%)", "a number > 0"),
     }
 
     def run(self, window_pass, inputs, options):

@@ -37,7 +37,7 @@ from captum.attr import (
 from esegeta_monai.engine import amp_dtype
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import Method, Param, is_bool, non_negative_number, one_of, positive_int
-from esegeta_monai.methods.cam import LAYER, RESOLUTION, _NeedsLayer, find_layer, to_resolution
+from esegeta_monai.methods.cam import LAYER, RESOLUTION, NeedsLayer, find_layer, to_resolution
 from esegeta_monai.methods.gradient import BASELINES, INTERNAL_BATCH, MULTIPLY_BY_INPUTS
 from esegeta_monai.methods.registry import register
 
@@ -70,7 +70,7 @@ def layer_map(attribution, x: torch.Tensor, options) -> torch.Tensor:
     return to_resolution(reduce_channels(attribution.float(), options["reduce"]), x.shape[2:], options.get("resolution", "input"))
 
 
-class CaptumLayerMethod(_NeedsLayer, Method):
+class CaptumLayerMethod(NeedsLayer, Method):
     """A Captum layer-attribution class applied per window, reduced, upsampled and blended."""
 
     family = "layer"
@@ -185,7 +185,7 @@ class LayerObjective(torch.nn.Module):
 
 
 @register
-class GuidedLayerActivationMethod(_NeedsLayer, Method):
+class GuidedLayerActivationMethod(NeedsLayer, Method):
     name = "guided_layer_activation"
     family = "layer"
     library = "esegeta (Captum GuidedBackprop)"

@@ -29,7 +29,7 @@ import torch
 from captum.attr import LayerActivation
 
 from esegeta_monai.methods.base import Method
-from esegeta_monai.methods.cam import LAYER, RESOLUTION, _NeedsLayer, find_layer, layer_activation_and_gradient
+from esegeta_monai.methods.cam import LAYER, RESOLUTION, NeedsLayer, find_layer, layer_activation_and_gradient
 from esegeta_monai.methods.gradient import MULTIPLY_BY_INPUTS
 from esegeta_monai.methods.layer import REDUCE, LayerDeepLiftMethod, layer_map
 from esegeta_monai.methods.registry import get_method, register
@@ -39,7 +39,7 @@ __all__ = ["LayerDeepLiftShapMethod", "LayerGradientShapMethod"]
 
 
 @register
-class LayerDeepLiftShapMethod(_NeedsLayer, Method):
+class LayerDeepLiftShapMethod(NeedsLayer, Method):
     name = "layer_deeplift_shap"
     family = "layer"
     summary = "Layer DeepLift averaged over a set of baselines (Captum's LayerDeepLiftShap)"
@@ -58,7 +58,7 @@ class LayerDeepLiftShapMethod(_NeedsLayer, Method):
 
 
 @register
-class LayerGradientShapMethod(_NeedsLayer, Method):
+class LayerGradientShapMethod(NeedsLayer, Method):
     name = "layer_gradient_shap"
     family = "layer"
     library = "esegeta (Captum semantics)"

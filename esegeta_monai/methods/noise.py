@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from esegeta_monai.methods.base import Method, Param, non_negative_number, one_of, positive_int
+from esegeta_monai.methods.base import SEED, Method, Param, non_negative_number, one_of, positive_int
 from esegeta_monai.methods.registry import get_method, register
 
 __all__ = ["NoiseTunnelMethod", "SmoothGradMethod", "SmoothGradSqMethod", "VarGradMethod", "GuidedSmoothGradMethod",
@@ -57,7 +57,7 @@ class NoiseTunnelMethod(Method):
             "nt_samples": Param(8, positive_int, "number of noisy samples", "a positive int"),
             "stdevs": Param(0.15, non_negative_number, "standard deviation of the Gaussian noise (input units)", "a number ≥ 0"),
             "nt_type": Param(self.default_type, one_of("smoothgrad", "smoothgrad_sq", "vargrad")),
-            "seed": Param(0, lambda v: isinstance(v, int) and not isinstance(v, bool), "noise seed", "an int"),
+            "seed": SEED,
             **inner.params,
         }
 

@@ -29,7 +29,7 @@ import torch
 from captum.attr import FeatureAblation, FeaturePermutation, Occlusion, ShapleyValueSampling
 
 from esegeta_monai.errors import MethodError
-from esegeta_monai.methods.base import Method, Param, non_negative_number, positive_int
+from esegeta_monai.methods.base import SEED, Method, Param, non_negative_number, positive_int
 from esegeta_monai.methods.registry import register
 from esegeta_monai.perturbation import WindowedTarget, grid_features, supervoxels
 
@@ -77,7 +77,7 @@ def feature_mask(inputs: torch.Tensor, options) -> torch.Tensor:
     return supervoxels(inputs, options["n_segments"], options["compactness"])
 
 
-def _fill(inputs: torch.Tensor, value):
+def fill_value(inputs: torch.Tensor, value):
     if value is not None:
         return float(value)
     return inputs.mean(dim=tuple(range(1, inputs.ndim)), keepdim=True)
@@ -123,7 +123,7 @@ class OcclusionMethod(PerturbationMethod):
             raise MethodError(f"occlusion: sliding_window_shapes {patch} and strides {strides} need one value per spatial axis {tuple(spatial)}")
         channels = inputs.shape[1]  # Captum's shapes include the channel axis: a patch spans all channels
         return captum.attribute(inputs, sliding_window_shapes=(channels, *patch), strides=(channels, *strides),
-                                baselines=_fill(inputs, options["fill"]), perturbations_per_eval=options["perturbations_per_eval"])
+                                baselines=fill_value(inputs, options["fill"]), perturbations_per_eval=options["perturbations_per_eval"])
 
 
 class FeatureMethod(PerturbationMethod):
@@ -135,7 +135,7 @@ class FeatureMethod(PerturbationMethod):
         return captum.attribute(inputs, feature_mask=feature_mask(inputs, options), **self.call_options(inputs, options))
 
     def call_options(self, inputs, options) -> dict:
-        return {"baselines": _fill(inputs, options["fill"]), "perturbations_per_eval": options["perturbations_per_eval"]}
+        return {"baselines": fill_value(inputs, options["fill"]), "perturbations_per_eval": options["perturbations_per_eval"]}
 
 
 @register
@@ -151,7 +151,7 @@ class ShapleyValueSamplingMethod(FeatureMethod):
     summary = "Shapley values of the features by sampling feature orders (seeded; window-aware)"
     captum_class = ShapleyValueSampling
     params = {**FeatureMethod.params, "n_samples": Param(25, positive_int, "feature orders sampled", "a positive int"),
-              "seed": Param(0, lambda v: isinstance(v, int) and not isinstance(v, bool), "random seed", "an int")}
+              "seed": SEED}
 
     def call_options(self, inputs, options):
         torch.manual_seed(options["seed"])  # Captum draws its feature orders with torch.randperm
@@ -165,7 +165,7 @@ class FeaturePermutationMethod(FeatureMethod):
     captum_class = FeaturePermutation
     batch_dependent = True
     params = {**FEATURE_PARAMS, "perturbations_per_eval": PER_EVAL,
-              "seed": Param(0, lambda v: isinstance(v, int) and not isinstance(v, bool), "random seed", "an int")}
+              "seed": SEED}
 
     def attribute(self, captum, inputs, options):
         if inputs.shape[0] < 2:

@@ -34,17 +34,13 @@ from collections.abc import Iterator
 import torch
 
 from esegeta_monai.errors import MethodError
-from esegeta_monai.methods.base import Method, Param, is_bool, positive_int
+from esegeta_monai.methods.base import SEED, Method, Param, is_bool, positive_int
 from esegeta_monai.methods.cam import upsample
-from esegeta_monai.methods.perturbation import FILL, PER_EVAL, _fill
+from esegeta_monai.methods.perturbation import FILL, PER_EVAL, fill_value
 from esegeta_monai.methods.registry import register
 from esegeta_monai.perturbation import WindowedTarget
 
-__all__ = ["RiseMethod", "rise_masks", "masked", "per_axis", "SEED", "CELLS"]
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
+__all__ = ["RiseMethod", "rise_masks", "masked", "per_axis", "CELLS"]
 
 
 def _cells_spec(value) -> bool:
@@ -53,7 +49,6 @@ def _cells_spec(value) -> bool:
     return positive_int(value)
 
 
-SEED = Param(0, _is_int, "random seed", "an int")
 CELLS = Param(8, _cells_spec, "coarse mask grid: cells per spatial axis (an int for every axis, or one per axis)",
               "a positive int or a list of positive ints")
 
@@ -123,7 +118,7 @@ class RiseMethod(Method):
         spatial = tuple(inputs.shape[2:])
         cells = per_axis(options["cells"], spatial, "cells")
         target = WindowedTarget(window_pass, inputs)
-        fill = _fill(inputs, options["fill"])
+        fill = fill_value(inputs, options["fill"])
         weighted = torch.zeros((inputs.shape[0], 1, *spatial), dtype=torch.float64, device=inputs.device)
         mask_sum, score_sum = torch.zeros_like(weighted[:1]), 0.0
         with torch.no_grad():

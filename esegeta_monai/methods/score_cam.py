@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import Method, Param, one_of
-from esegeta_monai.methods.cam import LAYER, _NeedsLayer, find_layer, upsample
+from esegeta_monai.methods.cam import LAYER, NeedsLayer, find_layer, upsample
 from esegeta_monai.methods.perturbation import PER_EVAL
 from esegeta_monai.methods.registry import register
 from esegeta_monai.methods.rise import masked
@@ -75,7 +75,7 @@ def channel_masks(activations: torch.Tensor) -> torch.Tensor:
 
 
 @register
-class ScoreCamMethod(_NeedsLayer, Method):
+class ScoreCamMethod(NeedsLayer, Method):
     name = "score_cam"
     family = "cam"
     library = "esegeta"

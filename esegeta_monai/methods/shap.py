@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from esegeta_monai.errors import MethodError
-from esegeta_monai.methods.base import Method, Param, non_negative_number, positive_int
+from esegeta_monai.methods.base import SEED, Method, Param, non_negative_number, positive_int
 from esegeta_monai.methods.gradient import MULTIPLY_BY_INPUTS
 from esegeta_monai.methods.registry import get_method, register
 
@@ -34,7 +34,6 @@ def _baselines_ok(value) -> bool:
 
 
 BASELINE_SET = Param(None, _baselines_ok, "reference images", "None, a list of numbers, or a tensor (N, C, *spatial)")
-SEED = Param(0, lambda v: isinstance(v, int) and not isinstance(v, bool), "random seed", "an int")
 
 
 def baseline_set(spec, inputs: torch.Tensor) -> torch.Tensor:

@@ -43,10 +43,9 @@ import torch
 from captum._utils.models.model import Model
 from captum.attr import KernelShap, Lime
 
-from esegeta_monai.methods.base import Method, Param, positive_int
-from esegeta_monai.methods.perturbation import FEATURE_PARAMS, FILL, PER_EVAL, _fill, feature_mask
+from esegeta_monai.methods.base import SEED, Method, Param, positive_int
+from esegeta_monai.methods.perturbation import FEATURE_PARAMS, FILL, PER_EVAL, fill_value, feature_mask
 from esegeta_monai.methods.registry import register
-from esegeta_monai.methods.rise import SEED
 from esegeta_monai.perturbation import WindowedTarget
 
 __all__ = ["WeightedLeastSquares", "SurrogateMethod", "LimeMethod", "KernelShapMethod", "weighted_r2"]
@@ -135,7 +134,7 @@ class SurrogateMethod(Method):
 
     def run(self, window_pass, inputs, options):
         target = WindowedTarget(window_pass, inputs)
-        masks, fill = feature_mask(inputs, options), _fill(inputs, options["fill"])
+        masks, fill = feature_mask(inputs, options), fill_value(inputs, options["fill"])
         maps, scores = [], []
         for b in range(inputs.shape[0]):
             attribution, score = self.attribute_image(target.of_image(b), inputs[b : b + 1], _of_image(fill, b), _of_image(masks, b), options)

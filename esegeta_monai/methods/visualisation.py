@@ -64,10 +64,10 @@ from tqdm.auto import tqdm
 
 from esegeta_monai.engine import WindowPass, amp_dtype
 from esegeta_monai.errors import MethodError
-from esegeta_monai.methods.base import Method, Param, is_bool, non_negative_number, one_of
-from esegeta_monai.methods.cam import LAYER, _NeedsLayer, find_layer, upsample
+from esegeta_monai.methods.base import SEED as BASE_SEED, Method, Param, is_bool, non_negative_number, one_of
+from esegeta_monai.methods.cam import LAYER, NeedsLayer, find_layer, upsample
 from esegeta_monai.methods.registry import register
-from esegeta_monai.windows import WindowPlan, plan_windows
+from esegeta_monai.windows import WindowPlan
 
 __all__ = [
     "AdamAscent", "FourierImage", "LayerTerm", "NormalisedAscent", "PixelImage", "RandomTransform", "RepresentationTerm",
@@ -93,7 +93,7 @@ def _neuron_ok(value) -> bool:
 
 
 STEPS = Param(128, _int_at_least(0), "optimisation steps (0 returns the start)", "an int ≥ 0")
-SEED = Param(0, lambda v: isinstance(v, int) and not isinstance(v, bool), "seed of the start and of the random transforms", "an int")
+SEED = replace(BASE_SEED, help="seed of the start and of the random transforms")
 CHANNEL = Param(None, lambda v: v is None or _int_at_least(0)(v), "the layer channel (filter) to excite; None: all", "None or an int ≥ 0")
 NEURON = Param(None, _neuron_ok, "one position on the layer's grid (per window) instead of the channel's mean",
                "None, 'centre' or a list of ints ≥ 0, one per spatial axis")
@@ -246,30 +246,6 @@ class WindowObjective:
         total = self.window_pass.linear(x, window_fn, window_tensors=self.tensors)
         self.outer.windows_run += self.window_pass.windows_run - before
         return values, (total if gradient else None)
-
-
-def plan_like(plan: WindowPlan, spatial_shape: Sequence[int]) -> WindowPlan:
-    """Windows of ``plan``'s size and step over an image of another shape (DeepDream's coarser
-    octaves), padded as ``plan`` pads; the importance map is not needed (sums, not blends).
-
-    Example:
-        >>> from esegeta_monai.windows import plan_windows
-        >>> plan = plan_windows((40, 40), roi_size=(16, 16), overlap=0.5)
-        >>> smaller = plan_like(plan, (24, 24))
-        >>> [(int(s.start), int(s.stop)) for s in smaller.slices[1]], len(smaller.slices)
-        ([(0, 16), (8, 24)], 4)
-    """
-    spatial_shape = tuple(int(s) for s in spatial_shape)
-    if spatial_shape == tuple(plan.spatial_shape):
-        return plan
-    roi = tuple(plan.importance.shape[2:])
-    overlaps = []
-    for axis, size in enumerate(roi):
-        starts = sorted({int(window[axis].start) for window in plan.slices})
-        step = starts[1] - starts[0] if len(starts) > 1 else size
-        overlaps.append(max(0.0, 1 - (step + 0.5) / size))  # MONAI's int(size · (1 − overlap)) gives back `step`
-    return plan_windows(spatial_shape, roi, overlaps, "constant", padding_mode=plan.padding_mode, cval=plan.cval,
-                        device=plan.importance.device)
 
 
 # -- parameterisations of the image --------------------------------------------------------
@@ -505,7 +481,7 @@ def total_variation(x: torch.Tensor, beta: float = 2.0) -> torch.Tensor:
 
 
 # -- the methods -----------------------------------------------------------------------------
-class VisualisationMethod(_NeedsLayer, Method):
+class VisualisationMethod(NeedsLayer, Method):
     """Base of the visualisation methods: a layer, a seed, a step count, progress over steps."""
 
     family = "visualisation"
@@ -598,7 +574,7 @@ class DeepDreamMethod(VisualisationMethod):
                 base = upsample(inputs, shape)
                 detail = torch.zeros_like(base) if detail is None else upsample(detail, shape)
                 image = PixelImage(base + detail)
-                objective = WindowObjective(window_pass, term, inputs.shape[0], plan_like(window_pass.plan, shape))
+                objective = WindowObjective(window_pass, term, inputs.shape[0], window_pass.plan.like(shape))
                 result, history = optimise(image, objective, options["steps"], NormalisedAscent(image.variables, lr), transform, bar=bar)
                 detail = result - base
                 histories.append(history)
