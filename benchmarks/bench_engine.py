@@ -57,7 +57,7 @@ process's own CPU time, plus hypervisor steal), as a fraction of the machine's c
 disturbed attempt. Per-repeat user/sys CPU time and minor page faults are recorded in the JSON.
 
 Every measurement process calls ``torch.set_num_threads(--threads)`` (default
-``os.cpu_count()``) and, like the ``esegeta`` command, ``esegeta_monai.allocator.tune_allocator()``
+``os.cpu_count()``) and, like the ``esegeta`` command, ``esegeta_monai.apps.allocator.tune_allocator()``
 (freed tensor buffers stay in glibc's heap instead of being unmapped and page-faulted back
 in at every window batch); ``--default-malloc`` measures with glibc's defaults. Results are printed as a table with ratios against ``inference`` of the
 same size from the same run, with PASS/FAIL against the project's targets (informative:
@@ -244,7 +244,7 @@ def measure(name: str, size: int, repeats: int, device_name: str, threads: int, 
     from monai.networks.nets import UNet
 
     from esegeta_monai import Explainer
-    from esegeta_monai.targets import ArgmaxRegion, MaskRegion
+    from esegeta_monai.core.targets import ArgmaxRegion, MaskRegion
 
     torch.set_num_threads(threads)
     device = torch.device(device_name)
@@ -300,7 +300,7 @@ def measure(name: str, size: int, repeats: int, device_name: str, threads: int, 
         grad = True
 
     elif name == "windows_fwd_bwd":  # reference: the network's forward+backward on the same
-        from esegeta_monai.windows import plan_windows  # window batches, nothing else
+        from esegeta_monai.core.windows import plan_windows  # window batches, nothing else
 
         def run(volume):
             for parameter in net.parameters():
@@ -523,7 +523,7 @@ def fmt(value, spec=".2f", suffix=""):
 def print_report(results, ratios, targets, sizes, machine, args):
     print()
     print(f"machine: {machine['nproc']} cpu(s), {machine['cpu_model']}; device {args.device}; threads {args.threads}"
-          + ("; glibc default malloc" if args.default_malloc else "; allocator tuned (esegeta_monai.allocator)"))
+          + ("; glibc default malloc" if args.default_malloc else "; allocator tuned (esegeta_monai.apps.allocator)"))
     versions = next((m["versions"] for s in results.values() for m in s.values() if "versions" in m), {})
     print("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()))
     header = f"{'size':>5} {'measurement':<16} {'time s':>9} {'×inf':>6} {'extra MiB':>10} {'×inf':>6} {'windows':>7} {'busy':>5}  notes"
@@ -588,7 +588,7 @@ def main(argv=None) -> int:
     parser.add_argument("--retries", type=int, default=2, help="re-runs of a measurement disturbed by other processes (default 2)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="measure with glibc's default allocator settings; by default every measurement process calls "
-                             "esegeta_monai.allocator.tune_allocator(), as the esegeta command does")
+                             "esegeta_monai.apps.allocator.tune_allocator(), as the esegeta command does")
     parser.add_argument("--ig-steps", type=int, default=16, help=argparse.SUPPRESS)
     parser.add_argument("--measure", choices=MEASUREMENTS, help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, help=argparse.SUPPRESS)
@@ -596,7 +596,7 @@ def main(argv=None) -> int:
 
     if args.measure:  # hidden child mode
         if os.environ.get("ESEGETA_MALLOC_TUNING", "1") != "0":
-            from esegeta_monai.allocator import tune_allocator
+            from esegeta_monai.apps.allocator import tune_allocator
 
             tune_allocator()  # what the esegeta command does; --default-malloc turns it off
         result = measure(args.measure, args.size, args.repeats or 1, args.device, args.threads, args.ig_steps)

@@ -42,7 +42,7 @@ def measure(name: str, size: int, threads: int) -> dict:
     from monai.networks.nets import UNet
 
     from esegeta_monai import Explainer
-    from esegeta_monai.allocator import tune_allocator
+    from esegeta_monai.apps.allocator import tune_allocator
     from esegeta_monai.evaluation import infidelity, sensitivity
 
     tune_allocator()

@@ -64,9 +64,9 @@ def measure(name: str, repeats: int, device_name: str, threads: int, quick: bool
     from monai.inferers import sliding_window_inference
 
     from esegeta_monai import Explainer
-    from esegeta_monai.allocator import tune_allocator
-    from esegeta_monai.bundle import load_bundle
-    from esegeta_monai.io import load_for_explanation
+    from esegeta_monai.apps.allocator import tune_allocator
+    from esegeta_monai.monai.bundle import load_bundle
+    from esegeta_monai.monai.io import load_for_explanation
 
     tune_allocator()
     torch.set_num_threads(threads)

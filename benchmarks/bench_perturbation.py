@@ -61,7 +61,7 @@ def run(size: int, naive: bool) -> dict:
     from monai.networks.nets import UNet
 
     from esegeta_monai import Explainer
-    from esegeta_monai.targets import ArgmaxRegion
+    from esegeta_monai.core.targets import ArgmaxRegion
 
     torch.manual_seed(0)
     net = UNet(3, 1, 2, channels=(8, 16, 32, 64), strides=(2, 2, 2), num_res_units=1, act="relu", norm="batch").eval()
@@ -116,7 +116,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from esegeta_monai.allocator import tune_allocator
+    from esegeta_monai.apps.allocator import tune_allocator
 
     tune_allocator()
     torch.set_num_threads(args.threads)

@@ -26,8 +26,8 @@ from monai.networks.nets import UNet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from esegeta_monai import Explainer  # noqa: E402
-from esegeta_monai.engine import predict  # noqa: E402
-from esegeta_monai.targets import ArgmaxRegion, MaskRegion  # noqa: E402
+from esegeta_monai.explainer import predict  # noqa: E402
+from esegeta_monai.core.targets import ArgmaxRegion, MaskRegion  # noqa: E402
 
 
 def relative_error(a, b):

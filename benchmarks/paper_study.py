@@ -59,15 +59,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from esegeta_monai.bundle import load_bundle  # noqa: E402
-from esegeta_monai.demo.phantoms import label_path_for, write_sample  # noqa: E402
-from esegeta_monai.demo.train import dice  # noqa: E402
-from esegeta_monai.engine import Explainer  # noqa: E402
+from esegeta_monai.monai.bundle import load_bundle  # noqa: E402
+from training.phantoms import label_path_for, write_sample  # noqa: E402
+from training.train import dice  # noqa: E402
+from esegeta_monai.explainer import Explainer  # noqa: E402
 from esegeta_monai.evaluation import cascading_randomisation, infidelity, sensitivity  # noqa: E402
-from esegeta_monai.io import load_for_explanation  # noqa: E402
-from esegeta_monai.io.masks import load_mask_like  # noqa: E402
-from esegeta_monai.maps import window_only  # noqa: E402
-from esegeta_monai.perturbation import WindowedTarget  # noqa: E402
+from esegeta_monai.monai.io import load_for_explanation  # noqa: E402
+from esegeta_monai.monai.io.masks import load_mask_like  # noqa: E402
+from esegeta_monai.core.windowed_target import WindowedTarget  # noqa: E402
 
 MODELS = [
     ("UNet", "bundles/vessel_mra_demo"),
@@ -148,7 +147,7 @@ def run_metrics(models, images, n_inf: int, n_sens: int, seed: int, log, cache: 
 
 def _image_metrics(model_name, bundle, image, n_inf: int, n_sens: int, seed: int, log) -> list[dict]:
     rows = []
-    window = window_only(bundle.inferer)
+    window = bundle.window.as_dict()
     data = load_for_explanation(image["image"], bundle.preprocessing, bundle.image_key)
     x = data[bundle.image_key][None].as_tensor()
     base_explainer = Explainer(bundle.network, "saliency", TARGET, **window)
@@ -180,7 +179,7 @@ def _image_metrics(model_name, bundle, image, n_inf: int, n_sens: int, seed: int
 def run_randomisation(models, sample: str, seed: int, log, cache: Path | None = None) -> dict:
     curves = {}
     for model_name, bundle in models:
-        window = window_only(bundle.inferer)
+        window = bundle.window.as_dict()
         data = load_for_explanation(sample, bundle.preprocessing, bundle.image_key)
         x = data[bundle.image_key][None].as_tensor()
         network = eval_network(bundle.network)

@@ -2,6 +2,6 @@
 
 import sys
 
-from esegeta_monai.cli import main
+from esegeta_monai.apps.cli import main
 
 sys.exit(main())

@@ -1,19 +1,21 @@
-"""Many methods × many targets on one batch: the step shared by the runner, the transforms
+"""Many methods × many targets on one batch: the step shared by the command, the transforms
 and the Ignite handler.
 
 :func:`compute_maps` computes the sliding-window prediction once (only if a target reads it,
 and only if none was given), then runs every (target, method) pair with its own
-:class:`~esegeta_monai.engine.Explainer` and yields one :class:`MapResult` per pair. A pair
-that fails or times out yields a result with its error and the others go on.
+:class:`~esegeta_monai.explainer.Explainer` and yields one :class:`MapResult` per pair. A pair
+that fails or times out yields a result with its error and the others go on. Also here:
+:func:`reduce_channels`, the one way a map's input channels become one map (or stay).
 
 Example:
     >>> import torch
-    >>> from esegeta_monai.config import MethodSpec
+    >>> from esegeta_monai.core.targets import parse_targets
+    >>> from esegeta_monai.core.windows import WindowSettings
     >>> from esegeta_monai.maps import compute_maps
-    >>> from esegeta_monai.targets import parse_targets
+    >>> from esegeta_monai.methods.spec import MethodSpec
     >>> net = torch.nn.Conv3d(1, 2, 3, padding=1)
     >>> results = compute_maps(net, torch.rand(1, 1, 12, 12, 12), [MethodSpec("saliency")],
-    ...                        parse_targets("argmax:1"), {"roi_size": (8, 8, 8)})
+    ...                        parse_targets("argmax:1"), WindowSettings(roi_size=(8, 8, 8)))
     >>> [(r.method, r.target, r.status, tuple(r.attribution.shape)) for r in results]
     [('saliency', 'argmax1', 'ok', (1, 1, 12, 12, 12))]
 """
@@ -25,19 +27,22 @@ import time
 import traceback
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from esegeta_monai.config import MethodSpec
-from esegeta_monai.engine import Explainer, predict
-from esegeta_monai.errors import EsegetaError, MethodTimeout
-from esegeta_monai.targets import Target
-from esegeta_monai.windows import WINDOW_SETTINGS
+from esegeta_monai.core.options import RunOptions
+from esegeta_monai.core.targets import Target
+from esegeta_monai.core.windows import WindowSettings
+from esegeta_monai.errors import ConfigError, EsegetaError, MethodTimeout
+from esegeta_monai.explainer import Explainer, predict
+from esegeta_monai.methods.spec import MethodSpec
 
-__all__ = ["MapResult", "compute_maps", "error_text", "window_only"]
+__all__ = ["MapResult", "compute_maps", "error_text", "reduce_channels", "CHANNEL_REDUCTIONS", "check_channel_reduce"]
 
 logger = logging.getLogger(__name__)
+
+#: how a map's input channels are written: summed, averaged, or kept (one volume per channel)
+CHANNEL_REDUCTIONS = ("sum", "mean", "none")
 
 
 @dataclass
@@ -60,13 +65,25 @@ def error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
-def window_only(settings: dict[str, Any]) -> dict[str, Any]:
-    """The sliding-window keys of ``settings`` with a value (enum values as strings)."""
-    window = {k: v for k, v in settings.items() if k in WINDOW_SETTINGS and v is not None}
-    for key in ("mode", "padding_mode"):
-        if key in window:
-            window[key] = str(getattr(window[key], "value", window[key]))
-    return window
+def check_channel_reduce(how: str, source: str = "channel_reduce") -> str:
+    if how not in CHANNEL_REDUCTIONS:
+        raise ConfigError(f"{source}={how!r}; choose one of {', '.join(CHANNEL_REDUCTIONS)}")
+    return how
+
+
+def reduce_channels(attribution: torch.Tensor, how: str, channel_dim: int = 1) -> torch.Tensor:
+    """One map from per-input-channel maps (``sum``/``mean``), or unchanged (``none``).
+
+    Example:
+        >>> reduce_channels(torch.ones(1, 3, 2, 2), "sum").shape
+        torch.Size([1, 1, 2, 2])
+    """
+    check_channel_reduce(how)
+    if how == "none":
+        return attribution
+    if how == "sum":
+        return attribution.sum(channel_dim, keepdim=True)
+    return attribution.mean(channel_dim, keepdim=True)
 
 
 def compute_maps(
@@ -74,39 +91,43 @@ def compute_maps(
     inputs: torch.Tensor,
     methods: Sequence[MethodSpec],
     targets: Sequence[Target],
-    window: dict[str, Any],
+    window: WindowSettings | None = None,
+    options: RunOptions | None = None,
     prediction: torch.Tensor | None = None,
-    amp: bool = False,
-    device: torch.device | str | None = None,
-    local: bool = False,
-    progress: bool = False,
-    timeout: float | None = None,
+    pairs: set[tuple[str, str]] | None = None,
 ) -> Iterator[MapResult]:
     """Yield one :class:`MapResult` per (target, method), targets outermost.
 
-    ``window`` holds sliding-window settings (``roi_size`` … ``cval``); ``prediction`` reuses
-    a sliding-window prediction of ``inputs`` made elsewhere (e.g. by an evaluator).
+    ``prediction`` reuses a sliding-window prediction of ``inputs`` made elsewhere (e.g. by an
+    evaluator); ``pairs`` limits the run to these ``(method label, target name)`` pairs.
     """
-    window = window_only(window)
+    window = window or WindowSettings()
+    options = options or RunOptions()
+    if pairs is not None:
+        targets = [t for t in targets if any((m.label, t.name) in pairs for m in methods)]
+    device = options.device
     if device is not None:
         network.to(device)
-    if prediction is None and not local and any(t.needs_prediction for t in targets):
+    if prediction is None and not options.local and any(t.needs_prediction for t in targets):
         start = time.monotonic()
         try:
-            prediction = predict(network, inputs.to(device) if device is not None else inputs, amp=amp, **window)
+            prediction = predict(network, inputs.to(device) if device is not None else inputs, amp=options.amp, **window.as_dict())
         except Exception as error:  # the network cannot run on this input: every pair fails
             logger.debug("prediction failed", exc_info=True)
             text = f"prediction failed: {error_text(error)}"
             for target in targets:
                 for method in methods:
+                    if pairs is not None and (method.label, target.name) not in pairs:
+                        continue
                     yield MapResult(method.label, target.name, "failed", time.monotonic() - start, error=text)
             return
     for target in targets:
         for method in methods:
+            if pairs is not None and (method.label, target.name) not in pairs:
+                continue
             start = time.monotonic()
             try:
-                explainer = Explainer(network, method.name, target, amp=amp, device=device, local=local,
-                                      progress=progress, timeout=timeout, **window, **method.options)
+                explainer = Explainer(network, method.name, target, **window.as_dict(), **options.as_dict(), **method.options)
                 attribution = explainer(inputs, prediction=prediction)
                 yield MapResult(method.label, target.name, "ok", time.monotonic() - start, attribution=attribution,
                                 report=getattr(explainer.method, "last_report", None))

@@ -15,7 +15,7 @@ from monai.bundle import ConfigParser
 from monai.networks.nets import UNet
 from monai.transforms import Compose
 
-from esegeta_monai.bundle import Bundle, load_bundle
+from esegeta_monai.monai.bundle import Bundle, load_bundle
 from esegeta_monai.errors import BundleError
 
 from zoo import ZOO  # noqa: E402

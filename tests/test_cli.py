@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from esegeta_monai.cli import main
-from esegeta_monai.config import RunConfig, load_run_config
+from esegeta_monai.apps.cli import main
+from esegeta_monai.apps.config import RunConfig, load_run_config
 from esegeta_monai.errors import ConfigError
 from esegeta_monai.methods import available_methods
 
@@ -52,7 +52,8 @@ def test_explain_writes_aligned_maps_and_manifest(bundle, tmp_path):
     }
     for record in records:
         assert record["status"] == "ok" and record["error"] is None and record["seconds"] >= 0
-        assert set(record) == {"image", "method", "target", "class_name", "status", "seconds", "output", "error"}
+        assert {"image", "method", "target", "class_name", "status", "seconds", "output", "error", "key", "path", "size",
+                "sha256"} <= set(record)
         assert record["class_name"] == "blob"  # from the metadata's channel_def
         assert Path(record["output"]) == out / "blob" / f"{record['method']}_{record['target']}.nii.gz"
         assert_aligned(Path(record["output"]), bundle / "sample" / "blob.nii.gz")
@@ -62,8 +63,8 @@ def test_explain_writes_aligned_maps_and_manifest(bundle, tmp_path):
 def test_map_is_the_explainer_result_brought_back_to_the_file_grid(bundle, tmp_path):
     """The CLI's map equals Explainer on the preprocessed image, inverted by MONAI."""
     from esegeta_monai import Explainer
-    from esegeta_monai.bundle import load_bundle
-    from esegeta_monai.io import load_for_explanation, save_attribution
+    from esegeta_monai.monai.bundle import load_bundle
+    from esegeta_monai.monai.io import load_for_explanation, save_attribution
 
     out = tmp_path / "out"
     assert main(["-q", "explain", "--bundle", str(bundle), "--methods", "saliency", "--out", str(out)]) == 0
@@ -195,7 +196,7 @@ def test_run_config_with_method_keywords_and_flag_overrides(bundle, tmp_path):
     [
         ("methds: [saliency]\n", "did you mean 'methods'"),
         ("methods:\n  - saliency: {n_steps: 3}\n", "no keyword 'n_steps'"),
-        ("methods: [saliency, {saliency: {abs: false}}]\n", "listed twice"),
+        ("methods: [{saliency: {as: s}}, {input_x_gradient: {as: s}}]\n", "two methods are named 's'"),
         ("methods:\n  - saliency: {as: 'a/b'}\n", "file-name-safe"),
         ("methods:\n  - integrated_gradients: {n_steps: -1}\n", "invalid n_steps=-1"),
         ("window: {mode: cubic}\n", "window.mode"),
@@ -222,7 +223,7 @@ def test_shipped_example_configs_are_valid():
 def test_bundle_config_prints_the_shipped_override(capsys):
     assert main(["bundle-config"]) == 0
     path = Path(capsys.readouterr().out.strip())
-    assert path.name == "explain.json" and json.loads(path.read_text())["explain_handler"]["_target_"] == "esegeta_monai.handlers.ExplainHandler"
+    assert path.name == "explain.json" and json.loads(path.read_text())["explain_handler"]["_target_"] == "esegeta_monai.monai.handlers.ExplainHandler"
     assert main(["bundle-config", "--list"]) == 0 and "swin_unetr_compat.json" in capsys.readouterr().out
     assert main(["bundle-config", "no_such"]) == 2 and "shipped: explain.json" in capsys.readouterr().err
 
@@ -273,9 +274,9 @@ def test_layers_listing_and_cam_with_layer_flag(bundle, tmp_path, capsys):
 def test_layer_resolution_maps_are_written_on_their_own_grid(tmp_path):
     """A CAM at layer resolution is written with the layer grid's affine (each layer voxel at the
     centre of its block of preprocessed voxels), not inverted onto the input grid."""
-    from esegeta_monai.bundle import load_bundle
-    from esegeta_monai.engine import layer_affine
-    from esegeta_monai.io import load_for_explanation
+    from esegeta_monai.monai.bundle import load_bundle
+    from esegeta_monai.core.windows import layer_affine
+    from esegeta_monai.monai.io import load_for_explanation
 
     bundle_dir = make_tiny_bundle(tmp_path / "bundle")
     scan = write_image(tmp_path / "scan.nii.gz", shape=(32, 32, 32), affine=np.diag([-1.0, -1.0, 1.0, 1.0]))  # LPS, 1 mm

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from esegeta_monai.demo.phantoms import label_path_for, make_vessel_phantom, write_sample
+from training.phantoms import label_path_for, make_vessel_phantom, write_sample
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "vessel_mra_demo"
 INFERENCE = BUNDLE / "configs" / "inference.yaml"
@@ -101,7 +101,7 @@ def test_trained_model_segments_heldout_phantom():
     from monai.metrics import DiceMetric
     from monai.networks.utils import one_hot
 
-    from esegeta_monai.demo.train import intensity_transform
+    from training.train import intensity_transform
 
     parser = _parser()
     net = parser.get_parsed_content("network_def")

@@ -7,9 +7,9 @@ import numpy as np
 import torch
 from scipy.stats import spearmanr
 
-from esegeta_monai.bundle import load_bundle
-from esegeta_monai.config import MethodSpec, RunConfig
-from esegeta_monai.runner import run_explanations
+from esegeta_monai.monai.bundle import load_bundle
+from esegeta_monai.apps.config import MethodSpec, RunConfig
+from esegeta_monai.apps.cohort import run_explanations
 
 DEMO = Path(__file__).resolve().parents[1] / "bundles" / "vessel_mra_demo"
 SAMPLE = DEMO / "sample" / "vessel_phantom_0.nii.gz"
@@ -20,7 +20,7 @@ def saliency_map(bundle, out: Path) -> np.ndarray:
     config = RunConfig(bundle=str(DEMO), methods=[MethodSpec("saliency")], targets=["argmax:1"], out=str(out), device="cpu")
     result = run_explanations(config, bundle=bundle)
     assert result.ok, result.records
-    return nib.load(result.records[0]["output"]).get_fdata()
+    return nib.load(result.records[0].output).get_fdata()
 
 
 def test_trained_maps_concentrate_on_vessels_and_differ_from_random_weights(tmp_path):

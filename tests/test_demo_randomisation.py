@@ -18,8 +18,8 @@ import torch
 from scipy.stats import spearmanr
 
 from esegeta_monai import Explainer
-from esegeta_monai.bundle import load_bundle
-from esegeta_monai.io import load_for_explanation
+from esegeta_monai.monai.bundle import load_bundle
+from esegeta_monai.monai.io import load_for_explanation
 from esegeta_monai.methods import available_methods, get_method
 
 DEMO = Path(__file__).resolve().parents[1] / "bundles" / "vessel_mra_demo"

@@ -16,7 +16,7 @@ from monai.inferers import sliding_window_inference
 from esegeta_monai import Explainer
 from esegeta_monai.errors import InputError, MethodError, MethodTimeout, TargetError
 from esegeta_monai.methods.noise import draw_noise
-from esegeta_monai.targets import ArgmaxRegion, ClassScore, MaskRegion, OtsuRegion, VoxelScore
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore, MaskRegion, OtsuRegion, VoxelScore
 
 ROI = (16, 16, 16)
 WINDOWS = dict(roi_size=ROI, overlap=0.5, mode="gaussian", sw_batch_size=3)
@@ -174,7 +174,7 @@ def test_metatensor_meta_is_kept(unet3d, volume):
 
 def test_local_mode_blends_each_windows_own_gradient(unet3d, volume):
     """local=True: each window's gradient of its own argmax region, blended with the importance map."""
-    from esegeta_monai.windows import plan_windows
+    from esegeta_monai.core.windows import plan_windows
 
     x = volume[:1]
     local = Explainer(unet3d, "saliency", ArgmaxRegion(1), abs=False, local=True, **WINDOWS)(x)

@@ -21,7 +21,7 @@ from esegeta_monai.evaluation import cascading_randomisation, deletion_insertion
 from esegeta_monai.evaluation.robustness import noise_perturbation
 from esegeta_monai.methods import Method
 from esegeta_monai.methods.registry import _REGISTRY, register
-from esegeta_monai.targets import ArgmaxRegion, ClassScore
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore
 
 
 def test_infidelity_and_sensitivity_equal_captum_on_a_whole_image(classifier2d):
@@ -116,8 +116,8 @@ def edge_detector():
 
 
 def test_cascading_randomisation_tells_saliency_from_an_edge_detector(edge_detector):
-    from esegeta_monai.bundle import load_bundle
-    from esegeta_monai.io import load_for_explanation
+    from esegeta_monai.monai.bundle import load_bundle
+    from esegeta_monai.monai.io import load_for_explanation
 
     bundle = load_bundle(Path(__file__).resolve().parents[1] / "bundles" / "vessel_mra_demo")
     x = load_for_explanation(bundle.samples[0], bundle.preprocessing)["image"][None].as_tensor()[:, :, 16:80, 16:80, :64]
@@ -140,7 +140,7 @@ def test_esegeta_evaluate_writes_tables_ranking_and_figures(tmp_path):
     import csv
     import json
 
-    from esegeta_monai.cli import main
+    from esegeta_monai.apps.cli import main
 
     demo = Path(__file__).resolve().parents[1] / "bundles" / "lesion_cls_2d_demo"
     out = tmp_path / "eval"

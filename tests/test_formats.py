@@ -13,10 +13,10 @@ import SimpleITK as sitk
 import torch
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ScaleIntensityd, Spacingd
 
-from esegeta_monai.cli import main
+from esegeta_monai.apps.cli import main
 from esegeta_monai.errors import InputError, OutputError
-from esegeta_monai.io import load_for_explanation, save_attribution
-from esegeta_monai.io.png import read_png_map
+from esegeta_monai.monai.io import load_for_explanation, save_attribution
+from esegeta_monai.monai.io.png import read_png_map
 
 from tiny_bundle import make_tiny_bundle  # noqa: E402
 

@@ -16,7 +16,7 @@ from monai.data import MetaTensor, NibabelWriter
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, ScaleIntensityd, Spacingd
 
 from esegeta_monai.errors import InputError, OutputError
-from esegeta_monai.io import check_output_dir, load_for_explanation, save_attribution
+from esegeta_monai.monai.io import check_output_dir, load_for_explanation, save_attribution
 
 from zoo import ZOO  # noqa: E402
 SPLEEN_CONFIG = ZOO / "spleen_ct_segmentation" / "configs" / "inference.json"

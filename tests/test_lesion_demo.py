@@ -17,12 +17,12 @@ from PIL import Image
 from scipy import ndimage
 from scipy.stats import spearmanr
 
-from esegeta_monai.bundle import load_bundle
-from esegeta_monai.cli import main
-from esegeta_monai.config import MethodSpec, RunConfig
-from esegeta_monai.demo.lesions2d import make_lesion_image, mask_path_for
-from esegeta_monai.io.png import read_png_map
-from esegeta_monai.runner import run_explanations
+from esegeta_monai.monai.bundle import load_bundle
+from esegeta_monai.apps.cli import main
+from esegeta_monai.apps.config import MethodSpec, RunConfig
+from training.lesions2d import make_lesion_image, mask_path_for
+from esegeta_monai.monai.io.png import read_png_map
+from esegeta_monai.apps.cohort import run_explanations
 
 BUNDLE = Path(__file__).resolve().parents[1] / "bundles" / "lesion_cls_2d_demo"
 SAMPLES = {"lesion_0": BUNDLE / "sample" / "lesion_0.png", "lesion_1": BUNDLE / "sample" / "lesion_1.nii.gz"}
@@ -47,7 +47,7 @@ def _maps(bundle, methods, out: Path) -> dict[tuple[str, str], np.ndarray]:
                        targets=["class:1"], out=str(out), device="cpu")
     result = run_explanations(config, bundle=bundle)
     assert result.ok, result.records
-    return {(Path(r["image"]).name.split(".")[0], r["method"]): nib.load(r["output"]).get_fdata() for r in result.records}
+    return {(Path(r.image).name.split(".")[0], r.method): nib.load(r.output).get_fdata() for r in result.records}
 
 
 def _share_ratio(attribution: np.ndarray, mask: np.ndarray) -> float:
@@ -82,7 +82,7 @@ def test_bundle_reads_as_a_whole_image_2d_classifier(bundle):
 
 def test_shipped_weights_classify_fresh_heldout_images(bundle):
     """Seeds never used in training or in the shipped evaluation, through the bundle's preprocessing."""
-    from esegeta_monai.demo.train_lesion2d import evaluate, make_dataset
+    from training.train_lesion2d import evaluate, make_dataset
 
     data_cfg = {"shape": [64, 64], "lesion_options": {}}
     images, labels = make_dataset(700_000, 200, data_cfg, bundle.preprocessing)

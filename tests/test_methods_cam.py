@@ -7,7 +7,7 @@ from monai.visualize import GradCAM, GradCAMpp
 
 from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
-from esegeta_monai.targets import ArgmaxRegion, ClassScore
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore
 
 IDENTITY = lambda maps: maps  # noqa: E731  (MONAI's post-processing turned off: raw maps)
 

@@ -11,10 +11,10 @@ import torch
 from captum.attr import LayerGradientXActivation
 
 from esegeta_monai import Explainer
-from esegeta_monai.engine import predict
+from esegeta_monai.explainer import predict
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.cam import upsample
-from esegeta_monai.targets import ArgmaxRegion, ClassScore
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore
 
 WINDOWS = dict(roi_size=(16, 16, 16), overlap=0.5, mode="gaussian", sw_batch_size=3)
 

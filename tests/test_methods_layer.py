@@ -14,7 +14,7 @@ from captum.attr import (
 
 from esegeta_monai import Explainer
 from esegeta_monai.methods.cam import upsample
-from esegeta_monai.targets import ArgmaxRegion, ClassScore
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore
 
 CASES = {
     "layer_activation": (LayerActivation, {}, {}),

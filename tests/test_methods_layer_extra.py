@@ -15,7 +15,7 @@ from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.cam import upsample
 from esegeta_monai.methods.shap import gradient_shap_draws
-from esegeta_monai.targets import ClassScore, MaskRegion
+from esegeta_monai.core.targets import ClassScore, MaskRegion
 from tests.test_methods_layer import CASES
 
 WINDOWS = dict(roi_size=(16, 16, 16), overlap=0.5, mode="gaussian", sw_batch_size=3)

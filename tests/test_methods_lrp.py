@@ -10,9 +10,9 @@ from monai.networks.layers.simplelayers import SkipConnection
 from monai.networks.nets import BasicUNet, DenseNet, SegResNet, UNet
 
 from esegeta_monai import Explainer
-from esegeta_monai.engine import predict
+from esegeta_monai.explainer import predict
 from esegeta_monai.errors import MethodError
-from esegeta_monai.targets import ArgmaxRegion, ClassScore, MaskRegion
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore, MaskRegion
 
 WINDOWS = dict(roi_size=(16, 16, 16), overlap=0.5, mode="gaussian", sw_batch_size=3)
 

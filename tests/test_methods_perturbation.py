@@ -12,8 +12,8 @@ from monai.inferers import sliding_window_inference
 from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods import get_method
-from esegeta_monai.perturbation import grid_features
-from esegeta_monai.targets import ArgmaxRegion, ClassScore, MaskRegion
+from esegeta_monai.core.features import grid_features
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore, MaskRegion
 
 ROI = (16, 16, 16)
 WINDOWS = dict(roi_size=ROI, overlap=0.5, mode="gaussian", sw_batch_size=4)
@@ -120,7 +120,7 @@ def test_slic_supervoxels_and_permutation(unet3d, volume):
     ablation = Explainer(unet3d, "feature_ablation", ArgmaxRegion(1), features="slic", n_segments=12, **WINDOWS)(volume)
     assert ablation.shape == volume.shape and torch.isfinite(ablation).all()
     # each supervoxel gets one value (constant over its voxels)
-    from esegeta_monai.perturbation import supervoxels
+    from esegeta_monai.core.features import supervoxels
 
     labels = supervoxels(volume[:1], 12, 0.1)[0, 0]
     first = ablation[0, 0][labels == 0]
@@ -150,7 +150,7 @@ def test_perturbation_methods_stop_at_the_timeout(unet3d, volume):
 def test_the_surrogate_score_reaches_the_manifest(tmp_path):
     import json
 
-    from esegeta_monai.cli import main
+    from esegeta_monai.apps.cli import main
     from tiny_bundle import make_tiny_bundle
 
     bundle = make_tiny_bundle(tmp_path / "bundle")

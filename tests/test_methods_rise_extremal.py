@@ -13,7 +13,7 @@ from esegeta_monai.errors import MethodError
 from esegeta_monai.methods import get_method
 from esegeta_monai.methods.extremal import gaussian_smooth
 from esegeta_monai.methods.rise import rise_masks
-from esegeta_monai.targets import ArgmaxRegion, ClassScore
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore
 
 SIZE = 32
 REGION = torch.zeros(1, 1, SIZE, SIZE)

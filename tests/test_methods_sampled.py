@@ -9,7 +9,7 @@ from monai.inferers import sliding_window_inference
 from esegeta_monai import Explainer
 from esegeta_monai.methods.noise import draw_noise
 from esegeta_monai.methods.shap import baseline_set, gradient_shap_draws
-from esegeta_monai.targets import ClassScore, MaskRegion
+from esegeta_monai.core.targets import ClassScore, MaskRegion
 
 ROI = (16, 16, 16)
 WINDOWS = dict(roi_size=ROI, overlap=0.5, mode="gaussian", sw_batch_size=3)

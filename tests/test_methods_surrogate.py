@@ -15,8 +15,8 @@ from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods import get_method
 from esegeta_monai.methods.surrogate import WeightedLeastSquares
-from esegeta_monai.perturbation import grid_features, supervoxels
-from esegeta_monai.targets import ArgmaxRegion, ClassScore
+from esegeta_monai.core.features import grid_features, supervoxels
+from esegeta_monai.core.targets import ArgmaxRegion, ClassScore
 
 FEATURES = grid_features((8, 8), (2, 4))  # 8 blocks
 

@@ -21,12 +21,12 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, Invertd, SaveImaged
 
 import esegeta_monai.maps
-from esegeta_monai.bundle import load_bundle, shipped_config
-from esegeta_monai.config import MethodSpec, RunConfig
+from esegeta_monai.monai.bundle import load_bundle, shipped_config
+from esegeta_monai.apps.config import MethodSpec, RunConfig
 from esegeta_monai.errors import BundleError, ConfigError, EsegetaError, MethodError
-from esegeta_monai.handlers import ExplainHandler
-from esegeta_monai.runner import run_explanations
-from esegeta_monai.transforms import Explain, Explaind
+from esegeta_monai.monai.handlers import ExplainHandler
+from esegeta_monai.apps.cohort import run_explanations
+from esegeta_monai.monai.transforms import Explain, Explaind
 from tiny_bundle import make_tiny_bundle, write_image
 from zoo import ZOO
 
@@ -99,6 +99,29 @@ def test_handler_equals_cli_and_batch_two_equals_batch_one(tiny, cli_maps, tmp_p
                 _assert_same_file(tmp_path / batch / stem / f"{name}.nii.gz", cli_maps / stem / f"{name}.nii.gz", sample)
 
 
+def test_handler_resumes_a_second_evaluation(tiny, tmp_path):
+    """A second evaluation into the same folder explains nothing again: same journal, same files."""
+    def evaluate(methods, **options):
+        loader = DataLoader(Dataset([{"image": str(s)} for s in tiny.samples], transform=tiny.preprocessing), batch_size=2)
+        evaluator = SupervisedEvaluator(torch.device("cpu"), loader, tiny.network, inferer=tiny.inferer_object)
+        ExplainHandler(methods=methods, targets=["argmax:1"], output_dir=tmp_path, preprocessing=tiny.preprocessing,
+                       **options).attach(evaluator)
+        with torch.no_grad():
+            evaluator.run()
+        lines = (tmp_path / "esegeta_journal.jsonl").read_text().splitlines()
+        return [json.loads(line) for line in lines if json.loads(line)["type"] == "record"]
+
+    first = evaluate(["saliency"])
+    files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.nii.gz")}
+    assert len(first) == 2 and len(files) == 2
+    assert len(evaluate(["saliency"])) == 2  # nothing recomputed
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.nii.gz")} == files
+    assert len(evaluate(["saliency", "input_x_gradient"])) == 4  # only the new method's maps
+    assert len(evaluate(["saliency"], force=True)) == 6
+    records = json.loads((tmp_path / "esegeta_manifest.json").read_text())["records"]
+    assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+
+
 def test_transform_batch_two_equals_two_batch_one(tiny):
     torch.manual_seed(0)
     x = torch.rand(2, 1, 24, 20, 28)
@@ -149,8 +172,9 @@ def test_handler_records_failures_and_goes_on(tiny, tmp_path):
     ExplainHandler(methods=methods, targets=["argmax:1"], output_dir=tmp_path, preprocessing=tiny.preprocessing).attach(evaluator)
     evaluator.run()
     records = json.loads((tmp_path / "esegeta_manifest.json").read_text())["records"]
-    assert [(r["method"], r["status"]) for r in records] == [("saliency", "ok"), ("gradcam", "failed")] * 2
-    assert "no.such.layer" in records[1]["error"] and (tmp_path / "blob" / "saliency_argmax1.nii.gz").is_file()
+    assert sorted((r["method"], r["status"]) for r in records) == sorted([("saliency", "ok"), ("gradcam", "failed")] * 2)
+    failed = [r for r in records if r["status"] == "failed"]
+    assert all("no.such.layer" in r["error"] for r in failed) and (tmp_path / "blob" / "saliency_argmax1.nii.gz").is_file()
 
 
 def test_swin_compat_override_builds_the_network(tmp_path):

@@ -12,9 +12,9 @@ import pytest
 import torch
 import yaml
 
-from esegeta_monai.bundle import load_bundle
+from esegeta_monai.monai.bundle import load_bundle
 from esegeta_monai.demo.networks import UNetMSS
-from esegeta_monai.demo.train import elastic_deform
+from training.train import elastic_deform
 
 BUNDLES = Path(__file__).resolve().parents[1] / "bundles"
 NAMES = ["vessel_mss_demo", "vessel_mss_deform_demo"]
@@ -57,7 +57,7 @@ def test_eval_network_returns_one_full_resolution_tensor():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_explain_cli_writes_an_aligned_map(name, tmp_path):
-    from esegeta_monai.cli import main
+    from esegeta_monai.apps.cli import main
 
     root = BUNDLES / name
     sample = root / "sample" / "vessel_phantom_0.nii.gz"

@@ -30,3 +30,14 @@ def test_python_examples_run(index, tmp_path, monkeypatch):
     exec(compile(code, f"README python block {index}", "exec"), namespace)
     attribution = namespace["attribution"]
     assert attribution.ndim >= 4 and float(attribution.abs().sum()) > 0
+
+
+def test_cohort_example_runs_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(README.parent)
+    (code,) = [block for block in python_blocks() if "run_explanations" in block]
+    code = code.replace('"/tmp/esegeta_cohort"', repr(str(tmp_path / "cohort")))
+    namespace: dict = {}
+    exec(compile(code, "README cohort block", "exec"), namespace)
+    assert namespace["result"].summary["counts"]["ok"] == 1
+    exec(compile(code, "README cohort block", "exec"), namespace)
+    assert namespace["result"].summary["counts"] == {"ok": 0, "failed": 0, "timeout": 0, "skipped": 1}

@@ -1,7 +1,6 @@
-"""Demo material: synthetic data and the training scripts of the demo bundles.
+"""The network of the shipped deep-supervision demo bundles (``bundles/vessel_mss*_demo``).
 
-- ``phantoms`` and ``train``: TOF-MRA-like vessel phantoms, ``bundles/vessel_mra_demo`` (3D UNet);
-- ``lesions2d`` and ``train_lesion2d``: 2D lesion / no-lesion images, ``bundles/lesion_cls_2d_demo``
-  (2D DenseNet classifier);
-- ``synthetic``: the random fields both generators share (texture, bias field).
+Runtime code their ``inference.yaml`` names (``esegeta_monai.demo.networks.UNetMSS``); the demo
+bundles' synthetic data and training scripts are not library code and live outside the package,
+in the repository's ``training/`` folder.
 """

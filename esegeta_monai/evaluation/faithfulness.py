@@ -6,7 +6,7 @@ Deletion removes voxels in decreasing order of attribution (replaced by ``fill``
 the filled image and puts the voxels back in the same order. Their areas under the curve
 (fraction removed/inserted on [0, 1], target normalised by the clean target) summarise them:
 a faithful map has a *low* deletion AUC and a *high* insertion AUC. The target of every
-perturbed image comes from a :class:`~esegeta_monai.perturbation.WindowedTarget`, so through
+perturbed image comes from a :class:`~esegeta_monai.core.windowed_target.WindowedTarget`, so through
 sliding windows only the windows an image changes are re-run.
 
 Example:
@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from esegeta_monai.errors import MethodError
-from esegeta_monai.perturbation import WindowedTarget
+from esegeta_monai.core.windowed_target import WindowedTarget
 
 __all__ = ["deletion_insertion", "localisation"]
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 
 import torch
 
-from esegeta_monai.engine import first_output
+from esegeta_monai.core.window_pass import first_output
 from esegeta_monai.evaluation.similarity import similarities
 
 __all__ = ["parameterised_layers", "cascading_randomisation"]

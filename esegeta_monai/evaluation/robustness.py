@@ -2,13 +2,13 @@
 
 - :func:`infidelity`: ``E_I[(Iᵀ Φ(x) − (T(x) − T(x − I)))²]`` over random perturbations ``I``
   (Gaussian noise of ``noise_std``, inside an optional ``roi`` box), computed by Captum's
-  ``captum.metrics.infidelity`` with a :class:`~esegeta_monai.perturbation.WindowedTarget` as the
+  ``captum.metrics.infidelity`` with a :class:`~esegeta_monai.core.windowed_target.WindowedTarget` as the
   forward function — only the windows a perturbation touches are re-run, and at most
   ``per_eval`` perturbed images are held at once.
 - :func:`sensitivity`: ``max_‖δ‖∞≤r ‖Φ(x + δ) − Φ(x)‖ / ‖Φ(x)‖`` estimated over random ``δ``
   (Captum's ``sensitivity_max`` and its uniform L∞ perturbation of ``radius``), each
   explanation computed exactly through the windows by the same
-  :class:`~esegeta_monai.engine.Explainer`.
+  :class:`~esegeta_monai.explainer.Explainer`.
 
 Both are seeded (``torch.manual_seed(seed)`` before Captum draws) and return the sample count
 and the seed with the value. Defaults: 16 perturbations for infidelity, 10 for sensitivity.
@@ -33,7 +33,7 @@ from captum.metrics import sensitivity_max
 from captum.metrics._core.sensitivity import default_perturb_func
 
 from esegeta_monai.errors import MethodError
-from esegeta_monai.perturbation import WindowedTarget
+from esegeta_monai.core.windowed_target import WindowedTarget
 
 __all__ = ["infidelity", "sensitivity", "noise_perturbation"]
 

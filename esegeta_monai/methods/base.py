@@ -1,7 +1,7 @@
 """The method interface and its keyword-argument validation.
 
 A method is a small adapter: it declares its parameters (:class:`Param`), and ``run``
-computes a full-size attribution by driving a :class:`~esegeta_monai.engine.WindowPass`,
+computes a full-size attribution by driving a :class:`~esegeta_monai.explainer.WindowPass`,
 which hides the windows. Families share one base class each; a new method is a few lines.
 
 Example:

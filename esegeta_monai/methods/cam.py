@@ -12,7 +12,7 @@ the window maps are blended with the same importance map as the prediction,
 windows); with one window covering the image it is the plain whole-image CAM.
 
 ``resolution="layer"`` keeps the map on the layer's own grid (not upsampled); through
-sliding windows it is blended on that grid (:func:`esegeta_monai.engine.layer_grid`: the
+sliding windows it is blended on that grid (:func:`esegeta_monai.explainer.layer_grid`: the
 window offsets must be multiples of the layer's factor), and the Explainer reports the factor
 per axis (``last_scale``) and, for MetaTensor inputs, the map's own affine.
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esegeta_monai.engine import first_output
+from esegeta_monai.core.window_pass import first_output
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import Method, Param
 from esegeta_monai.methods.cam import find_layer, upsample

@@ -45,7 +45,7 @@ from esegeta_monai.methods.base import Method, Param, non_negative_number, posit
 from esegeta_monai.methods.cam import upsample
 from esegeta_monai.methods.registry import get_method, register
 from esegeta_monai.methods.rise import CELLS, per_axis
-from esegeta_monai.perturbation import WindowedTarget
+from esegeta_monai.core.windowed_target import WindowedTarget
 
 __all__ = ["ExtremalPerturbationMethod", "gaussian_smooth", "area_loss", "area_weights", "top_share"]
 

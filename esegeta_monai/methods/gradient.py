@@ -10,7 +10,7 @@ Example:
     >>> import torch
     >>> from monai.networks.nets import UNet
     >>> from esegeta_monai import Explainer
-    >>> from esegeta_monai.targets import MaskRegion
+    >>> from esegeta_monai.core.targets import MaskRegion
     >>> net = UNet(2, 1, 2, (4, 8), (2,), num_res_units=0).eval()
     >>> target = MaskRegion(1, box=[(4, 12), (4, 12)])
     >>> attr = Explainer(net, "integrated_gradients", target, n_steps=8)(torch.rand(1, 1, 16, 16))

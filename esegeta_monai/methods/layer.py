@@ -34,7 +34,7 @@ from captum.attr import (
     LayerGradientXActivation,
 )
 
-from esegeta_monai.engine import amp_dtype
+from esegeta_monai.core.window_pass import amp_dtype
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import Method, Param, is_bool, non_negative_number, one_of, positive_int
 from esegeta_monai.methods.cam import LAYER, RESOLUTION, NeedsLayer, find_layer, to_resolution

@@ -1,7 +1,7 @@
 """Layer-wise relevance propagation (LRP-ε and LRP-αβ), N-dimensional, exact through windows.
 
 The relevance at a window's output is ``output ⊙ weight``, the window's share of the target
-(what :class:`~esegeta_monai.engine.WeightedOutput` sums); it is propagated down to the input
+(what :class:`~esegeta_monai.explainer.WeightedOutput` sums); it is propagated down to the input
 by the rules of :mod:`esegeta_monai.methods.relevance`, and the window relevances are summed
 (not blended): LRP is linear in that initial relevance, so the total is the LRP of the global
 target, and on a conservative network ``Σ relevance = target``.

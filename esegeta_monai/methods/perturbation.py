@@ -2,7 +2,7 @@
 permutation and Shapley value sampling.
 
 Captum perturbs the whole image and calls a forward function on batches of perturbed copies;
-ours is a :class:`~esegeta_monai.perturbation.WindowedTarget`, which re-runs only the windows
+ours is a :class:`~esegeta_monai.core.windowed_target.WindowedTarget`, which re-runs only the windows
 whose input a perturbation touches and reuses the clean terms of all others — the target's
 change is exact (the prediction's mask held fixed from the clean image, as for the gradient
 methods). ``perturbations_per_eval`` perturbed copies are evaluated per call, their changed
@@ -31,7 +31,8 @@ from captum.attr import FeatureAblation, FeaturePermutation, Occlusion, ShapleyV
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import SEED, Method, Param, non_negative_number, positive_int
 from esegeta_monai.methods.registry import register
-from esegeta_monai.perturbation import WindowedTarget, grid_features, supervoxels
+from esegeta_monai.core.windowed_target import WindowedTarget
+from esegeta_monai.core.features import grid_features, supervoxels
 
 __all__ = ["PerturbationMethod", "FeatureMethod", "feature_mask", "FEATURE_PARAMS"]
 
@@ -70,7 +71,7 @@ def feature_mask(inputs: torch.Tensor, options) -> torch.Tensor:
         return mask
     if isinstance(spec, str) and spec not in ("slic", "grid"):
         raise MethodError(f"features={spec!r}: a label file needs the image's geometry; `esegeta explain` resamples it onto the "
-                          "network's grid, in Python load it with esegeta_monai.io.masks.load_labels_like(path, image)")
+                          "network's grid, in Python load it with esegeta_monai.monai.io.masks.load_labels_like(path, image)")
     if spec == "grid":
         block = options["block"] or [max(1, s // 8) for s in inputs.shape[2:]]
         return grid_features(inputs.shape[2:], block).to(inputs.device)

@@ -51,7 +51,7 @@ from monai.networks.nets.densenet import DenseNet, _DenseLayer
 from torch import nn
 from torch.func import functional_call
 
-from esegeta_monai.engine import first_output
+from esegeta_monai.core.window_pass import first_output
 from esegeta_monai.errors import MethodError
 
 __all__ = [
@@ -406,7 +406,7 @@ def propagate(module, x: torch.Tensor, weight: torch.Tensor, rules: Rules, metho
               layer: nn.Module | None = None, layer_name: str = "") -> torch.Tensor:
     """One window batch: the signal propagated from the output seed (:func:`output_seed`) down
     to the input ``x``, or to the output of ``layer``. ``module`` is the engine's
-    :class:`~esegeta_monai.engine.WeightedOutput` (network and target channel)."""
+    :class:`~esegeta_monai.explainer.WeightedOutput` (network and target channel)."""
     with Propagation(module.network, rules, method) as propagation:
         output = first_output(module.network(x))
         seed = output_seed(output, module.channel, weight, times_output)

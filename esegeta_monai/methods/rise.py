@@ -11,7 +11,7 @@ one channel (a mask spans every input channel). ``center=True`` subtracts the me
 ``Σ_i (T_i − T̄) m_i / (n_masks · p)``: as ``n_masks`` grows this is the same map less the
 constant ``T̄``, but with few masks it removes the imprint of ``Σ_i m_i`` (noise that is the
 same for any network) — a variance reduction, not in the paper. ``T`` is evaluated by a
-:class:`~esegeta_monai.perturbation.WindowedTarget` (``perturbations_per_eval`` masks per
+:class:`~esegeta_monai.core.windowed_target.WindowedTarget` (``perturbations_per_eval`` masks per
 call, their windows in batches of ``sw_batch_size``): the target of each masked image is
 exactly the one of a full sliding-window inference, with the prediction's mask held fixed
 from the clean image. The draws come from a CPU generator seeded with ``seed``, mask after
@@ -38,7 +38,7 @@ from esegeta_monai.methods.base import SEED, Method, Param, is_bool, positive_in
 from esegeta_monai.methods.cam import upsample
 from esegeta_monai.methods.perturbation import FILL, PER_EVAL, fill_value
 from esegeta_monai.methods.registry import register
-from esegeta_monai.perturbation import WindowedTarget
+from esegeta_monai.core.windowed_target import WindowedTarget
 
 __all__ = ["RiseMethod", "rise_masks", "masked", "per_axis", "CELLS"]
 

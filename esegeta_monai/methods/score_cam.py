@@ -12,7 +12,7 @@ Through sliding windows the activation map of the whole image is the windows' up
 activations blended with the prediction's importance map (as the CAMs are; exact with one
 window covering the image) — so the masks cover the image without window seams. The scores
 are exact: ``T`` of each masked image comes from a
-:class:`~esegeta_monai.perturbation.WindowedTarget` (``perturbations_per_eval`` channels per
+:class:`~esegeta_monai.core.windowed_target.WindowedTarget` (``perturbations_per_eval`` channels per
 call), equal to a full sliding-window inference with the prediction's mask held fixed from
 the clean image. Windows that do not reach the target are skipped, so the activation map is
 zero where only such windows cover the image (a region whose input does not change ``T``).
@@ -36,7 +36,7 @@ from esegeta_monai.methods.cam import LAYER, NeedsLayer, find_layer, upsample
 from esegeta_monai.methods.perturbation import PER_EVAL
 from esegeta_monai.methods.registry import register
 from esegeta_monai.methods.rise import masked
-from esegeta_monai.perturbation import WindowedTarget
+from esegeta_monai.core.windowed_target import WindowedTarget
 
 __all__ = ["ScoreCamMethod", "layer_activation", "channel_masks"]
 

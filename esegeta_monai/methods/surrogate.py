@@ -6,7 +6,7 @@ Features are supervoxels (SLIC, 2D and 3D), blocks or given labels, as for featu
 coalitions (binary vectors over the features; removed features take ``fill``), evaluates the
 target on the perturbed images and fits a linear surrogate; its coefficients are the
 features' attributions. The target comes from a
-:class:`~esegeta_monai.perturbation.WindowedTarget`: a coalition that leaves some windows'
+:class:`~esegeta_monai.core.windowed_target.WindowedTarget`: a coalition that leaves some windows'
 input unchanged re-runs only the others, and the value is exactly that of a full
 sliding-window inference (the prediction's mask held fixed from the clean image).
 
@@ -46,7 +46,7 @@ from captum.attr import KernelShap, Lime
 from esegeta_monai.methods.base import SEED, Method, Param, positive_int
 from esegeta_monai.methods.perturbation import FEATURE_PARAMS, FILL, PER_EVAL, fill_value, feature_mask
 from esegeta_monai.methods.registry import register
-from esegeta_monai.perturbation import WindowedTarget
+from esegeta_monai.core.windowed_target import WindowedTarget
 
 __all__ = ["WeightedLeastSquares", "SurrogateMethod", "LimeMethod", "KernelShapMethod", "weighted_r2"]
 

@@ -62,12 +62,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from esegeta_monai.engine import WindowPass, amp_dtype
+from esegeta_monai.core.window_pass import WindowPass, amp_dtype
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import SEED as BASE_SEED, Method, Param, is_bool, non_negative_number, one_of
 from esegeta_monai.methods.cam import LAYER, NeedsLayer, find_layer, upsample
 from esegeta_monai.methods.registry import register
-from esegeta_monai.windows import WindowPlan
+from esegeta_monai.core.windows import WindowPlan
 
 __all__ = [
     "AdamAscent", "FourierImage", "LayerTerm", "NormalisedAscent", "PixelImage", "RandomTransform", "RepresentationTerm",

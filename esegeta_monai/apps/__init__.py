@@ -1,0 +1,1 @@
+"""Front-ends: the ``esegeta`` command, its run configs, the cohort runner and ``evaluate``."""

@@ -1,0 +1,292 @@
+"""The ``esegeta`` command (also ``python -m esegeta_monai``).
+
+Subcommands:
+    explain   explain a bundle's model on images (a cohort: resumable, in parallel, under torchrun),
+              write aligned maps (NIfTI, NRRD, PNG), a journal and a manifest
+    manifest  regenerate OUT/manifest.json from OUT/journal.jsonl (e.g. after a killed run)
+    methods   list the registered methods
+    layers    list a bundle network's layers (names for CAMs) with output shapes
+    evaluate  score methods on a bundle's images (infidelity, sensitivity, deletion/insertion,
+              localisation, cascading randomisation): tables, a ranking and figures
+    bundle-config  print the path of the shipped override config (explain step for monai.bundle run)
+    targets   list the target kinds
+
+Exit codes: 0 all records ok; 1 some record failed or timed out; 2 nothing could run
+(bad config, bundle, device or output folder).
+
+Example:
+    $ esegeta explain --bundle bundles/vessel_mra_demo
+    $ esegeta explain --bundle DIR --image scans/*.nii.gz --methods saliency,integrated_gradients \\
+          --target argmax:1 --target otsu:1 --out maps --timeout 600 --workers 2
+    $ torchrun --standalone --nproc_per_node 2 -m esegeta_monai explain --bundle DIR --images cohort.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from esegeta_monai.apps.config import OUTPUT_FORMATS, RunConfig, load_run_config
+from esegeta_monai.errors import EsegetaError
+from esegeta_monai.methods import get_method
+from esegeta_monai.methods.spec import parse_methods, unique_specs
+
+__all__ = ["main", "build_parser"]
+
+
+def _roi(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--roi-size takes integers like 64,64,64, got {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="esegeta", description="Exact attribution maps for MONAI models, aligned with the scan.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    # the same flags after the subcommand (SUPPRESS keeps the main parser's value otherwise)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="debug logging")
+    common.add_argument("-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    explain = sub.add_parser("explain", parents=[common], help="explain a bundle's model on images")
+    explain.add_argument("--bundle", help="MONAI bundle folder (configs/, models/model.pt)")
+    explain.add_argument("--config", help="run config (YAML or JSON); flags override it")
+    explain.add_argument("--bundle-config", action="append", dest="bundle_configs", metavar="FILE",
+                         help="override config merged after the bundle's inference config (repeatable; a path or a shipped name, e.g. swin_unetr_compat)")
+    explain.add_argument("--image", action="extend", nargs="+", dest="images", metavar="FILE",
+                         help="input images (several, globs, repeatable): NIfTI, PNG, MHA/MHD, NRRD, DICOM file or a DICOM "
+                              "series folder; default: the bundle's sample")
+    explain.add_argument("--images", action="append", dest="image_lists", metavar="LIST",
+                         help="a list of inputs (repeatable): a MONAI datalist JSON, a CSV with an image column, a text file "
+                              "with one path per line, or a folder (every image file in it)")
+    explain.add_argument("--datalist-key", help="the datalist section to read (default: testing, test, validation, training)")
+    explain.add_argument("--methods", help="comma-separated method names (see `esegeta methods`)")
+    explain.add_argument("--target", action="append", dest="targets", metavar="SPEC",
+                         help="argmax:C, otsu:C, mask:C:FILE, voxel:C:I,J,K or class:C (repeatable; C may be 1,2)")
+    explain.add_argument("--out", help="output folder (default esegeta_out)")
+    explain.add_argument("--format", choices=OUTPUT_FORMATS, help="map files: nifti (default, .nii.gz), nrrd, or png (2D maps only)")
+    explain.add_argument("--channel-reduce", choices=("sum", "mean", "none"),
+                         help="input channels of each map: sum (default), mean, or none (a 4D file); layer maps with reduce=none keep theirs")
+    explain.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    explain.add_argument("--amp", action="store_true", default=None, help="mixed precision forwards")
+    explain.add_argument("--timeout", type=float, help="seconds per method and image")
+    explain.add_argument("--weights", help="weights file (default: BUNDLE/models/model.pt)")
+    explain.add_argument("--roi-size", type=_roi, help="override the bundle's window, e.g. 64,64,64")
+    explain.add_argument("--overlap", type=float, help="override the bundle's window overlap")
+    explain.add_argument("--sw-batch-size", type=int, help="override the bundle's windows per batch")
+    explain.add_argument("--local", action="store_true", default=None, help="explain each window against its own output (TorchEsegeta behaviour)")
+    explain.add_argument("--nan-policy", choices=("error", "zero"), help="NaN/Inf voxels: refuse (default) or set to 0")
+    explain.add_argument("--layer", help="module name of the layer for CAM/layer methods (see `esegeta layers`)")
+    explain.add_argument("--no-progress", action="store_true", help="no progress bars")
+    explain.add_argument("--workers", type=int, help="worker processes, each loading the bundle once (default 1)")
+    explain.add_argument("--devices", help="comma-separated devices, one per worker (cpu, cuda:0,cuda:1, …)")
+    explain.add_argument("--force", action="store_true", default=None, help="recompute jobs an earlier run into --out finished")
+    explain.add_argument("--verify", action="store_true", default=None,
+                         help="on resume, compare the checksum of every map (default: only of maps whose time stamp changed)")
+
+    manifest = sub.add_parser("manifest", parents=[common], help="regenerate OUT/manifest.json from OUT/journal.jsonl")
+    manifest.add_argument("out", help="the output folder of a run")
+
+    layers = sub.add_parser("layers", parents=[common], help="list a bundle network's layers and their output shapes")
+    layers.add_argument("--bundle", required=True, help="MONAI bundle folder")
+    layers.add_argument("--weights", help="weights file (default: BUNDLE/models/model.pt)")
+    layers.add_argument("--contains", help="only layers whose name or type contains this text")
+
+    evaluate = sub.add_parser("evaluate", parents=[common], help="score methods: infidelity, sensitivity, deletion/insertion, localisation, randomisation")
+    evaluate.add_argument("--bundle", required=True, help="MONAI bundle folder")
+    evaluate.add_argument("--image", action="append", dest="images", metavar="FILE", help="input image (repeatable); default: the bundle's sample")
+    evaluate.add_argument("--label", action="append", dest="labels", default=[], metavar="FILE", help="ground-truth label per image (localisation)")
+    evaluate.add_argument("--methods", default="saliency,guided_backprop,deconvolution", help="comma-separated methods")
+    evaluate.add_argument("--metrics", default="infidelity,sensitivity,deletion,insertion,randomisation", help="comma-separated metrics")
+    evaluate.add_argument("--target", help="target spec (default: argmax:1 for segmentation, class:1 for classifiers)")
+    evaluate.add_argument("--layer", help="layer for CAM/layer methods")
+    evaluate.add_argument("--samples", type=int, help="perturbation samples (default: 16 for infidelity, 10 for sensitivity)")
+    evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--roi-size", type=_roi, help="override the bundle's window")
+    evaluate.add_argument("--no-figures", action="store_true", help="tables only")
+    evaluate.add_argument("--out", default="esegeta_eval", help="output folder (default esegeta_eval)")
+
+    shipped = sub.add_parser("bundle-config", parents=[common], help="print the path of a shipped override config (default: explain)")
+    shipped.add_argument("name", nargs="?", default="explain", help="explain (default) or swin_unetr_compat")
+    shipped.add_argument("--list", action="store_true", help="list the shipped configs")
+
+    methods = sub.add_parser("methods", parents=[common], help="list the registered methods")
+    methods.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("targets", parents=[common], help="list the target kinds")
+    return parser
+
+
+def _config_from_args(args) -> RunConfig:
+    config = load_run_config(args.config) if args.config else RunConfig()
+    overrides = {
+        "bundle": args.bundle, "images": args.images, "targets": args.targets, "out": args.out,
+        "device": args.device, "amp": args.amp, "timeout": args.timeout, "weights": args.weights,
+        "local": args.local, "nan_policy": args.nan_policy, "format": args.format, "channel_reduce": args.channel_reduce,
+        "bundle_configs": args.bundle_configs, "image_lists": args.image_lists, "datalist_key": args.datalist_key,
+        "workers": args.workers, "force": args.force, "verify": args.verify,
+        "devices": [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None,
+    }
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(config, key, value)
+    if args.methods:
+        config.methods = parse_methods(args.methods, "--methods")  # validated below, after --layer
+    if args.layer:
+        for spec in config.methods:
+            if "layer" in get_method(spec.name).params and "layer" not in spec.options:
+                spec.options["layer"] = args.layer
+    for key, value in (("roi_size", args.roi_size), ("overlap", args.overlap), ("sw_batch_size", args.sw_batch_size)):
+        if value is not None:
+            config.window[key] = value
+    if args.no_progress:
+        config.progress = False
+    elif config.progress is None:
+        config.progress = sys.stderr.isatty()
+    config.validate("command line")
+    return config
+
+
+def _explain(args) -> int:
+    from esegeta_monai.apps.allocator import tune_allocator
+    from esegeta_monai.apps.cohort import run_explanations
+    from esegeta_monai.jobs.progress import summary_lines
+
+    tune_allocator()  # reuse freed window buffers instead of page-faulting them back (ESEGETA_MALLOC_TUNING=0: off)
+
+    config = _config_from_args(args)
+    result = run_explanations(config)
+    if result.manifest is None:  # a torchrun rank other than 0: rank 0 reports for all
+        return 0 if result.ok else 1
+    counts = result.summary["counts"]
+    done = counts["ok"] + counts["skipped"]
+    skipped = f" ({counts['skipped']} done by an earlier run, skipped)" if counts["skipped"] else ""
+    print(f"{done}/{done + counts['failed'] + counts['timeout']} maps in {config.out}{skipped}; manifest: {result.manifest}")
+    for line in summary_lines(result.summary):
+        print(line)
+    if not result.ok:  # each failure was logged as it happened, with its reason
+        print(f"{counts['failed'] + counts['timeout']} failed or timed out: their errors are in the manifest", file=sys.stderr)
+    return 0 if result.ok else 1
+
+
+def _manifest(args) -> int:
+    from pathlib import Path
+
+    from esegeta_monai.jobs.journal import JOURNAL_NAME, Journal
+
+    journal = Journal(args.out)
+    if not journal.path.is_file():
+        raise EsegetaError(f"{Path(args.out) / JOURNAL_NAME}: no journal here; give the output folder of an `esegeta explain` run")
+    print(journal.write_manifest())
+    return 0
+
+
+def _methods(args) -> int:
+    from esegeta_monai.methods import method_table
+
+    rows = method_table()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    columns = ("name", "family", "library", "dims", "tasks")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns) + "  summary")
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns) + "  " + row["summary"])
+    return 0
+
+
+def _layers(args) -> int:
+    import torch
+
+    from esegeta_monai.monai.bundle import load_bundle
+    from esegeta_monai.monai.io import load_for_explanation
+    from esegeta_monai.core.layers import layer_table
+
+    bundle = load_bundle(args.bundle, weights=args.weights)
+    roi = bundle.inferer.get("roi_size")
+    if roi is not None and bundle.in_channels:
+        example = torch.zeros((1, bundle.in_channels, *roi))
+    elif bundle.samples:
+        example = load_for_explanation(bundle.samples[0], bundle.preprocessing, bundle.image_key)[bundle.image_key][None].as_tensor()
+    else:
+        raise EsegetaError(f"bundle {bundle.root}: no window size and no sample input to run the network on; add a sample/ image")
+    rows = layer_table(bundle.network, example.to(bundle.device))
+    if args.contains:
+        rows = [r for r in rows if args.contains in r["name"] or args.contains in r["type"]]
+    width = max((len(r["name"]) for r in rows), default=4)
+    print(f"{'name'.ljust(width)}  {'type'.ljust(20)}  output shape for input {tuple(example.shape)}")
+    for row in rows:
+        print(f"{row['name'].ljust(width)}  {row['type'].ljust(20)}  {row['output_shape']}")
+    return 0
+
+
+def _evaluate(args) -> int:
+    from esegeta_monai.apps.allocator import tune_allocator
+    from esegeta_monai.monai.bundle import load_bundle
+    from esegeta_monai.apps.evaluate import evaluate
+    from esegeta_monai.apps.cohort import default_targets
+
+    tune_allocator()
+    methods = unique_specs(parse_methods(args.methods, "--methods"), "--methods")
+    for spec in methods:
+        if args.layer and "layer" in get_method(spec.name).params:
+            spec.options["layer"] = args.layer
+        get_method(spec.name).validate(spec.options)
+    bundle = load_bundle(args.bundle)
+    images = args.images or [str(p) for p in bundle.samples]
+    if not images:
+        raise EsegetaError(f"bundle {bundle.root} has no sample input; pass --image FILE")
+    window = {"roi_size": args.roi_size} if args.roi_size else {}
+    result = evaluate(bundle, images, methods, [m.strip() for m in args.metrics.split(",") if m.strip()], args.out,
+                      target=args.target or default_targets(bundle)[0], labels=args.labels, window=window,
+                      n_samples=args.samples, seed=args.seed, steps=args.steps, figures=not args.no_figures)
+    failed = [r for r in result["rows"] if r["status"] != "ok"]
+    for metric, order in result["ranking"].items():
+        print(f"{metric:13s} " + "  ".join(f"{r['method']} {r['mean']:.4g}" for r in order))
+    print(f"tables in {args.out}/evaluation.csv, evaluation.json, ranking.json")
+    if failed:
+        print(f"{len(failed)} failed: their errors are in evaluation.csv", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _bundle_config(args) -> int:
+    from esegeta_monai.monai.bundle import shipped_config
+
+    if args.list:
+        for path in sorted(shipped_config().parent.iterdir()):
+            if path.suffix in (".json", ".yaml"):
+                print(path)
+        return 0
+    print(shipped_config(args.name))
+    return 0
+
+
+def _targets(args) -> int:
+    from esegeta_monai.core.targets import TARGET_KINDS
+
+    for description in TARGET_KINDS.values():
+        print(description)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("esegeta_monai").setLevel(level)
+    try:
+        return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers, "manifest": _manifest,
+                "bundle-config": _bundle_config, "evaluate": _evaluate}[args.command](args)
+    except EsegetaError as error:
+        print(f"esegeta: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

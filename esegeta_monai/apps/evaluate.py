@@ -1,0 +1,214 @@
+"""``esegeta evaluate``: every metric for every method on a bundle's images, as tables, a ranking
+and figures.
+
+For each image (through the bundle's preprocessing) and method, the map of the target is
+computed once, exactly through the bundle's windows; then each asked metric:
+
+==============  ===========================================================  ==============
+metric          value reported                                               better
+==============  ===========================================================  ==============
+infidelity      Captum's infidelity (``n_samples`` noise draws, ``seed``)     lower
+sensitivity     Captum's sensitivity_max (``n_samples`` draws, ``seed``)      lower
+deletion        AUC of the deletion curve (target / clean target)            lower
+insertion       AUC of the insertion curve                                   higher
+localisation    share of positive attribution inside the dilated label /     higher
+                the label's share (needs ``--label``); also rank AUC
+randomisation   rank correlation of |maps| after cascading randomisation of  lower
+                every layer (its curve is in the JSON and the figure)
+==============  ===========================================================  ==============
+
+Outputs in ``out``: ``evaluation.csv`` (one row per image, method and metric, with the sample
+count and seed), ``evaluation.json`` (the same plus curves), ``ranking.json`` (per metric, the
+methods from best to worst by their mean over images) and, with matplotlib, figures
+(``randomisation_<image>_<method>.png``: the map at each step and the similarity curves, as the
+paper's Figure 9; ``deletion_insertion.png``). A failing method or metric is recorded and the
+others go on.
+
+Example:
+    >>> from esegeta_monai.apps.evaluate import METRICS
+    >>> sorted(METRICS)
+    ['deletion', 'infidelity', 'insertion', 'localisation', 'randomisation', 'sensitivity']
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from esegeta_monai.errors import ConfigError
+from esegeta_monai.explainer import Explainer
+from esegeta_monai.jobs.atomic import atomic_path, atomic_write_json, atomic_write_text
+from esegeta_monai.jobs.naming import image_stem, unique_names
+from esegeta_monai.jobs.plan import identity_of
+from esegeta_monai.evaluation.faithfulness import deletion_insertion, localisation
+from esegeta_monai.evaluation.randomisation import cascading_randomisation
+from esegeta_monai.evaluation.robustness import infidelity, sensitivity
+from esegeta_monai.maps import error_text
+
+__all__ = ["METRICS", "evaluate"]
+
+logger = logging.getLogger(__name__)
+
+#: metric → whether a lower value is better
+METRICS = {"infidelity": True, "sensitivity": True, "deletion": True, "insertion": False, "localisation": False,
+           "randomisation": True}
+
+
+def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), window=None, n_samples=None, seed: int = 0,
+             steps: int = 20, figures: bool = True) -> dict:
+    """Run ``metrics`` for ``methods`` (:class:`~esegeta_monai.apps.config.MethodSpec`) on ``images``;
+    write the tables and figures to ``out``; return ``{"rows": …, "ranking": …}``."""
+    from esegeta_monai.monai.io import check_output_dir, load_for_explanation
+    from esegeta_monai.monai.io.masks import load_mask_like
+
+    unknown = [m for m in metrics if m not in METRICS]
+    if unknown:
+        raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    if "localisation" in metrics and len(labels) != len(images):
+        raise ConfigError(f"localisation needs one --label per --image ({len(labels)} labels for {len(images)} images)")
+    out = check_output_dir(out)
+    window = bundle.window.updated(**(window or {})).as_dict()
+    names = unique_names({identity_of(i): image_stem(i) for i in images})
+    rows, curves = [], {}
+    for index, image in enumerate(images):
+        data = load_for_explanation(image, bundle.preprocessing, bundle.image_key, expected_channels=bundle.in_channels,
+                                    expected_spatial_dims=bundle.spatial_dims)
+        x = data[bundle.image_key][None].as_tensor()
+        label = load_mask_like(labels[index], data[bundle.image_key]) if "localisation" in metrics else None
+        for spec in methods:
+            explainer = Explainer(bundle.network, spec.name, target, **window, **spec.options)
+            try:
+                attribution = explainer(x)
+            except Exception as error:  # one failing method never stops the others
+                rows.append(_row(image, spec.label, "map", None, error=error_text(error)))
+                continue
+            for metric in metrics:
+                start = time.monotonic()
+                try:
+                    value, extra, curve = _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, bundle, spec, target, window)
+                    rows.append(_row(image, spec.label, metric, value, seconds=time.monotonic() - start, **extra))
+                    if curve is not None:
+                        curves.setdefault(metric, {})[f"{names[identity_of(image)]}:{spec.label}"] = curve
+                except Exception as error:
+                    logger.debug("metric failed", exc_info=True)
+                    rows.append(_row(image, spec.label, metric, None, error=error_text(error)))
+    ranking = _ranking(rows)
+    _write(out, rows, curves, ranking)
+    if figures:
+        _figures(out, curves)
+    return {"rows": rows, "ranking": ranking, "curves": curves}
+
+
+def _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, bundle, spec, target, window):
+    """``(value, extra columns, curve or None)`` of one metric."""
+    if metric == "infidelity":
+        result = infidelity(explainer, x, attribution, n_samples=n_samples or 16, seed=seed)
+        return result.pop("infidelity"), result, None
+    if metric == "sensitivity":
+        result = sensitivity(explainer, x, n_samples=n_samples or 10, seed=seed)
+        return result.pop("sensitivity"), result, None
+    if metric in ("deletion", "insertion"):
+        result = deletion_insertion(explainer, x, attribution, steps=steps)
+        return result[f"{metric}_auc"], {"steps": steps}, {"fractions": result["fractions"], "values": result[metric]}
+    if metric == "localisation":
+        result = localisation(attribution[0], label)
+        return result.pop("ratio"), result, None
+    example = torch.zeros((1, x.shape[1], *(window.get("roi_size") or x.shape[2:])))
+    steps_ = cascading_randomisation(bundle.network, lambda model: Explainer(model, spec.name, target, **window, **spec.options)(x),
+                                     example, seed=seed)
+    scores = [{k: v for k, v in s.items() if k != "map"} for s in steps_]
+    return scores[-1]["spearman_abs"], {"seed": seed, "layers": len(scores) - 1}, {
+        "steps": scores, "slices": [_central_slice(s["map"]) for s in steps_]}
+
+
+def _central_slice(volume: torch.Tensor) -> list:
+    array = np.abs(np.squeeze(volume.detach().cpu().float().numpy()))
+    while array.ndim > 3:  # channels (and batch) summed
+        array = array.sum(0)
+    if array.ndim == 3:
+        array = array[:, :, array.shape[2] // 2]
+    return array.tolist()
+
+
+def _row(image, method, metric, value, seconds=0.0, error=None, **extra) -> dict:
+    return {"image": str(image), "method": method, "metric": metric, "value": value, "seconds": round(seconds, 3),
+            "status": "ok" if error is None else "failed", "error": error, **extra}
+
+
+def _ranking(rows) -> dict:
+    """Per metric, the methods from best to worst by their mean value over the images."""
+    ranking = {}
+    for metric, lower_is_better in METRICS.items():
+        values: dict[str, list[float]] = {}
+        for row in rows:
+            if row["metric"] == metric and row["value"] is not None and np.isfinite(row["value"]):
+                values.setdefault(row["method"], []).append(float(row["value"]))
+        if values:
+            means = {method: float(np.mean(v)) for method, v in values.items()}
+            ordered = sorted(means, key=means.get, reverse=not lower_is_better)
+            ranking[metric] = [{"method": m, "mean": means[m]} for m in ordered]
+    return ranking
+
+
+def _write(out: Path, rows, curves, ranking) -> None:
+    columns = ["image", "method", "metric", "value", "status", "seconds", "n_samples", "seed", "error"]
+    extra = sorted({k for row in rows for k in row} - set(columns))
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns + extra)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+    atomic_write_text(out / "evaluation.csv", table.getvalue())
+    atomic_write_json(out / "evaluation.json", {"rows": rows, "curves": curves})
+    atomic_write_json(out / "ranking.json", ranking)
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=120, format="png")
+
+
+def _figures(out: Path, curves) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib is a dependency
+        logger.warning("matplotlib is not installed: no figures")
+        return
+    for key, curve in curves.get("randomisation", {}).items():
+        steps = curve["steps"]
+        shown = list(range(0, len(steps), max(1, len(steps) // 7)))[:8]
+        fig, axes = plt.subplots(1, len(shown) + 1, figsize=(2.2 * (len(shown) + 1) + 2, 2.6))
+        for ax, i in zip(axes, shown):
+            ax.imshow(np.asarray(curve["slices"][i]).T, cmap="hot", origin="lower")
+            ax.set_title(steps[i]["layer"][-18:], fontsize=6)
+            ax.axis("off")
+        for name in ("spearman_abs", "spearman", "ssim", "topk_overlap"):
+            axes[-1].plot([s[name] for s in steps], label=name)
+        axes[-1].set_xlabel("layers randomised (output → input)")
+        axes[-1].legend(fontsize=6)
+        fig.suptitle(f"cascading randomisation — {key}", fontsize=8)
+        fig.tight_layout()
+        image, method = key.rsplit(":", 1)
+        _save(fig, out / f"randomisation_{image}_{method}.png")
+        plt.close(fig)
+    if "deletion" in curves or "insertion" in curves:
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for ax, metric in zip(axes, ("deletion", "insertion")):
+            for key, curve in curves.get(metric, {}).items():
+                ax.plot(curve["fractions"], curve["values"], label=key)
+            ax.set_title(metric)
+            ax.set_xlabel("fraction of voxels")
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        _save(fig, out / "deletion_insertion.png")
+        plt.close(fig)

@@ -1,0 +1,256 @@
+"""The window pass: a linear window function run over every window of a batch and summed.
+
+A sliding-window prediction is ``y = Σ_p pad_p(w_p ⊙ f(crop_p x)) / W``. For a target with output
+gradient ``G`` each window's share of it is ``w_p ⊙ crop_p(G / W)`` (DESIGN.md §2). A method hands
+:class:`WindowPass` a function of one window batch (``window_fn``) and gets the window results
+summed into the volume — exact for every method that is linear in the output gradient. Also here:
+the helpers every layer above shares (:func:`first_output`, :func:`frozen_eval`,
+:func:`amp_dtype`, :func:`with_meta_of`).
+
+Example:
+    >>> import torch
+    >>> from esegeta_monai.core.window_pass import first_output
+    >>> first_output((torch.ones(1), torch.zeros(2))).shape
+    torch.Size([1])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+from monai.data import MetaTensor
+from tqdm.auto import tqdm
+
+from esegeta_monai.core.targets import Target
+from esegeta_monai.core.windows import WindowPlan, layer_affine, layer_grid
+from esegeta_monai.errors import InputError, MethodError, MethodTimeout
+
+__all__ = ["WindowPass", "WeightedOutput", "first_output", "frozen_eval", "amp_dtype", "with_meta_of"]
+
+
+def first_output(output):
+    """The first tensor of a network output (tensor, tuple/list or dict, e.g. deep supervision)."""
+    if torch.is_tensor(output):
+        return output
+    if isinstance(output, dict):
+        return first_output(next(iter(output.values())))
+    if isinstance(output, (list, tuple)) and output:
+        return first_output(output[0])
+    raise TypeError(f"network returned {type(output).__name__}, expected a tensor")
+
+
+@contextlib.contextmanager
+def frozen_eval(network: torch.nn.Module):
+    """Eval mode and ``requires_grad=False`` on every parameter, restored on exit."""
+    was_training = network.training
+    flags = [(p, p.requires_grad) for p in network.parameters()]
+    network.eval()
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    try:
+        yield network
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        network.train(was_training)
+
+
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """float16 on CUDA, bfloat16 elsewhere (CPU autocast supports bfloat16)."""
+    return torch.float16 if device.type == "cuda" else torch.bfloat16
+
+
+class WeightedOutput(torch.nn.Module):
+    """``x, C -> Σ_spatial net(x)[:, c] ⊙ C``: one scalar per window, what Captum attributes.
+
+    ``C`` holds the weights of the target's class channel ``c`` only (the other channels'
+    weights are zero). The forward runs under autocast when ``amp`` is set; the product is
+    taken in float32.
+    """
+
+    def __init__(self, network: torch.nn.Module, channel: int, amp: bool = False):
+        super().__init__()
+        self.network = network
+        self.channel = int(channel)
+        self.amp = amp
+
+    def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=self.amp):
+            output = first_output(self.network(x))
+        return (output[:, self.channel : self.channel + 1].float() * weight).flatten(1).sum(1)
+
+
+WindowFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]
+
+
+class WindowPass:
+    """Runs a linear window function over every window of one batch and sums the results.
+
+    ``linear(inputs, window_fn)`` calls ``window_fn(module, x_win, weight_win, crops)``
+    for each batch of windows, where ``module(x_win, weight_win)`` is the window's share
+    of the target and ``crops`` holds the window crops of full-size tensors (baselines).
+    It returns the summed attribution on the unpadded input grid.
+
+    Blended window results may lie on a coarser grid than the window (a layer's own grid,
+    ``resolution="layer"``): they are then blended on that grid (:func:`layer_grid`), and
+    ``scale`` records the factor per axis (input voxels per map voxel; ones when the results
+    are on the input grid, None before any window ran).
+    """
+
+    def __init__(
+        self,
+        module: WeightedOutput,
+        plan: WindowPlan,
+        target: Target,
+        output_weights: torch.Tensor | None,
+        sw_batch_size: int = 1,
+        local: bool = False,
+        progress: bool = False,
+        deadline: float | None = None,
+        label: str = "",
+    ):
+        self.module = module
+        self.plan = plan
+        self.target = target
+        self.output_weights = output_weights  # class channel of G / W on the padded grid, (B, 1, ...)
+        self.sw_batch_size = max(int(sw_batch_size), 1)
+        self.local = local
+        self.progress = progress
+        self.deadline = deadline
+        self.label = label
+        self.windows_run = 0
+        self.scale: tuple[float, ...] | None = None
+        self._active: dict[int, list] = {}  # batch size -> windows reaching the target
+
+    def active_windows(self, batch: int) -> list[tuple[int, tuple[slice, ...]]]:
+        """The (sample, window) pairs whose share of the target is not zero; computed once per
+        call, though noise-tunnel and SHAP methods run several passes."""
+        if batch not in self._active:
+            pairs = [(b, window) for b in range(batch) for window in self.plan.slices]
+            if self.output_weights is not None and self.output_weights.ndim != 2:
+                # one transfer of the support to the CPU, not one device sync per window
+                support = (self.output_weights[:, 0] != 0).cpu().numpy()
+                pairs = [(b, w) for b, w in pairs if support[(b, *w)].any()]
+            self._active[batch] = pairs
+        return self._active[batch]
+
+    def _groups(self, pairs):
+        size = len(pairs) if self.plan.single else self.sw_batch_size
+        for start in range(0, len(pairs), size):
+            yield pairs[start : start + size]
+
+    def check_deadline(self, done: int, total: int) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise MethodTimeout(f"{self.label}: time budget exceeded after {done}/{total} window batches")
+
+    def linear(self, inputs: torch.Tensor, window_fn: WindowFn, window_tensors: dict[str, torch.Tensor] | None = None,
+               blend: bool = False):
+        """Sum ``window_fn``'s window results into the volume (``blend=True``: weight each by
+        the importance map and divide by ``W``, as the prediction is blended — for maps that
+        are not linear in the output gradient, such as CAMs; such maps may be on a layer's
+        coarser grid). Returns the unpadded result."""
+        plan = grid = self.plan
+        blend = blend or self.local
+        padded = plan.pad_input(inputs)
+        full = {k: plan.pad_input(_expand_like(v, inputs)) for k, v in (window_tensors or {}).items()}
+        total = None
+        pairs = self.active_windows(inputs.shape[0])
+        groups = list(self._groups(pairs))
+        window_importance = plan.window_weights(padded.device)
+        bar = tqdm(total=len(pairs), desc=self.label or "windows", unit="win", disable=not self.progress, leave=False)
+        try:
+            for done, group in enumerate(groups):
+                self.check_deadline(done, len(groups))
+                x_win = _gather(padded, group).requires_grad_(True)
+                crops = {k: _gather(v, group) for k, v in full.items()}
+                weight = self.window_weights_of(x_win, group, window_importance)
+                attribution = window_fn(self.module, x_win, weight, crops).float()
+                if total is None:
+                    grid, on_grid = self._result_grid(attribution, x_win, blend)
+                    importance = grid.window_weights(padded.device)
+                    total = torch.zeros((padded.shape[0], attribution.shape[1], *grid.padded_shape), dtype=torch.float32, device=padded.device)
+                if blend:
+                    attribution = attribution * importance
+                for (b, window), value in zip(group, attribution):
+                    total[(slice(b, b + 1), slice(None), *on_grid[_starts(window)])] += value
+                self.windows_run += len(group)
+                bar.update(len(group))
+        finally:
+            bar.close()
+        if total is None:  # no window reaches the target
+            total = torch.zeros(padded.shape, dtype=torch.float32, device=padded.device)
+        if blend:
+            return grid.unpad(total.div_(grid.normaliser()))
+        return self._unpad(total, inputs)
+
+    def _result_grid(self, attribution, x_win, blend: bool):
+        """The plan on the grid of the window results, and each window's slices on it by the
+        window's start; sets ``scale``."""
+        plan, ndim = self.plan, x_win.ndim - 2
+        if tuple(attribution.shape[2:]) == tuple(x_win.shape[2:]):
+            self.scale = (1.0,) * ndim
+            grid = plan
+        elif not blend or attribution.ndim != x_win.ndim:
+            raise MethodError(f"{self.label}: a window result of shape {tuple(attribution.shape)} does not match its window "
+                              f"{tuple(x_win.shape)}; only blended maps may be on a layer's grid")
+        else:
+            grid, self.scale = layer_grid(plan, attribution.shape[2:])
+        return grid, {_starts(w): g for w, g in zip(plan.slices, grid.slices)}
+
+    def window_weights_of(self, x_win, group, importance):
+        """The target's output weights of a batch of (image, window) pairs: their share of the
+        output gradient (importance-weighted), or in local mode from their own output."""
+        if not self.local:
+            if self.output_weights.ndim == 2:  # classification: (B, 1)
+                return self.output_weights[[b for b, _ in group]]
+            return _gather(self.output_weights, group) * importance  # ones for a single window
+        # local: each window against its own output (TorchEsegeta's patch behaviour)
+        if self.target.needs_prediction:
+            with torch.no_grad():
+                return self.target.channel_weights(first_output(self.module.network(x_win)).float())
+        return _gather(self.output_weights, group)
+
+    def _unpad(self, total: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+        plan = self.plan
+        if not any(plan.pad):
+            return total
+        if plan.padding_mode == "constant":
+            return plan.unpad(total)
+        # adjoint of a reflect/replicate/circular pad: gradient of the pad itself
+        with torch.enable_grad():
+            probe = torch.zeros_like(inputs, dtype=torch.float32, requires_grad=True)
+            (adjoint,) = torch.autograd.grad(plan.pad_input(probe), probe, grad_outputs=total)
+        return adjoint
+
+
+def _starts(window: tuple[slice, ...]) -> tuple[int, ...]:
+    return tuple(int(s.start) for s in window)
+
+
+def _gather(volume: torch.Tensor, group) -> torch.Tensor:
+    return torch.cat([volume[(slice(b, b + 1), slice(None), *window)] for b, window in group])
+
+
+def _expand_like(value: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
+    value = value.to(device=inputs.device, dtype=inputs.dtype)
+    try:
+        return torch.broadcast_to(value, inputs.shape)
+    except RuntimeError:
+        raise InputError(f"a tensor argument of shape {tuple(value.shape)} does not broadcast to the input {tuple(inputs.shape)}") from None
+
+
+def with_meta_of(attribution: torch.Tensor, inputs: MetaTensor, scale: Sequence[float] | None = None) -> MetaTensor:
+    """``attribution`` as a MetaTensor carrying the meta (batched or not) and the
+    ``applied_operations`` of ``inputs``; a layer-grid map (``scale`` not ones) gets
+    :func:`layer_affine` and no ``applied_operations`` (the preprocessing's inverses do not
+    apply to its grid)."""
+    out = MetaTensor(attribution.as_tensor() if isinstance(attribution, MetaTensor) else attribution)
+    out.copy_meta_from(inputs, copy_attr=True)
+    if scale is not None and any(f != 1 for f in scale):
+        out.applied_operations = []
+        out.affine = layer_affine(inputs.affine, scale)
+    return out
+

@@ -1,0 +1,194 @@
+"""The journal of an output folder, and the manifest regenerated from it.
+
+``OUT/journal.jsonl`` gets one JSON line per finished job (a :class:`~esegeta_monai.jobs.record.Record`)
+and one per run started, appended and flushed to disk the moment it happens, under an exclusive
+lock (``fcntl.flock``). Any number of writers — two runs into one folder, worker processes,
+torchrun ranks — append without losing each other's lines, and a kill loses at most the jobs in
+flight. A map is published (renamed into place) under the same lock as its record is appended,
+so the journal's order is the order of the files on disk.
+
+``OUT/manifest.json`` is a view: for every output path, the latest record (:func:`manifest_view`).
+It is regenerated from the journal (:meth:`Journal.write_manifest`), never edited in place.
+
+Example:
+    >>> import json, pathlib, tempfile
+    >>> from esegeta_monai.jobs.journal import Journal
+    >>> from esegeta_monai.jobs.record import Record
+    >>> journal = Journal(tempfile.mkdtemp())
+    >>> run = journal.start_run({"bundle": "demo"})
+    >>> journal.append(Record("a.nii.gz", "saliency", "argmax1", "failed", path="a/saliency_argmax1.nii.gz", run=run))
+    >>> journal.append(Record("a.nii.gz", "saliency", "argmax1", "timeout", path="a/saliency_argmax1.nii.gz", run=run))
+    >>> view = json.loads(journal.write_manifest().read_text())
+    >>> [r["status"] for r in view["records"]], view["summary"]
+    (['timeout'], {'timeout': 1})
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import uuid
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from esegeta_monai.jobs.atomic import atomic_write_json
+from esegeta_monai.jobs.fingerprint import file_digest
+from esegeta_monai.jobs.record import Record, now_iso, worker_name
+
+__all__ = ["Journal", "manifest_view", "JOURNAL_NAME", "MANIFEST_NAME", "MANIFEST_FORMAT"]
+
+logger = logging.getLogger(__name__)
+
+JOURNAL_NAME = "journal.jsonl"
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "esegeta-manifest/2"
+
+
+def _slot(record: Record) -> str:
+    """Where a record's map lives (its path), or its job for records without a path."""
+    return record.path or f"{record.image}\0{record.method}\0{record.target}"
+
+
+def manifest_view(entries: list[Mapping[str, Any]], header: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest of journal ``entries``: the runs, and for every output path the latest record
+    (sorted by path: an image's maps together), with a count per status."""
+    runs = [dict(e) for e in entries if e.get("type") == "run"]
+    latest: dict[str, Record] = {}
+    for entry in entries:
+        if entry.get("type") == "record":
+            record = Record.from_dict(entry)
+            latest[_slot(record)] = record
+    records = [latest[slot].to_dict() for slot in sorted(latest)]
+    last_run = runs[-1] if runs else {}
+    return {
+        "format": MANIFEST_FORMAT,
+        "bundle": last_run.get("bundle"),
+        "out": last_run.get("out"),
+        "methods": last_run.get("methods", []),
+        **dict(header or {}),
+        "runs": runs,
+        "summary": dict(Counter(r["status"] for r in records)),
+        "records": records,
+    }
+
+
+class Journal:
+    """The append-only journal of one output folder (created on first write).
+
+    Args:
+        folder: the output folder; the journal is ``folder/<name>``.
+        name: the journal's file name (default ``journal.jsonl``).
+        fsync: flush every line to the disk (not only to the OS), so that a power loss loses at
+            most the line being written.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str = JOURNAL_NAME, fsync: bool = True):
+        self.folder = Path(folder)
+        self.path = self.folder / name
+        self.fsync = fsync
+        self._entries: list[dict[str, Any]] = []
+        self._offset = 0  # bytes of the journal already parsed into _entries
+
+    # -- writing --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[int]:
+        """The journal's file descriptor, opened for appending and exclusively locked."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield fd
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _write_line(self, fd: int, entry: Mapping[str, Any]) -> None:
+        line = (json.dumps(entry, default=str, separators=(",", ":")) + "\n").encode()
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":  # a line torn by a crash ends here, not in ours
+            line = b"\n" + line
+        written = os.write(fd, line)
+        if written != len(line):  # pragma: no cover - a full disk
+            raise OSError(f"{self.path}: wrote {written} of {len(line)} bytes of a journal line")
+        if self.fsync:
+            os.fsync(fd)
+
+    def append(self, record: Record) -> None:
+        """Append one record (flushed)."""
+        with self.locked() as fd:
+            self._write_line(fd, {"type": "record", **record.to_dict()})
+
+    def start_run(self, info: Mapping[str, Any], run_id: str | None = None) -> str:
+        """Record the start of a run (``info``: bundle, methods, options …); returns its id."""
+        run_id = run_id or uuid.uuid4().hex[:12]
+        with self.locked() as fd:
+            self._write_line(fd, {"type": "run", "run": run_id, "started": now_iso(), "worker": worker_name(), **info})
+        return run_id
+
+    def publish(self, temporary: Path, final: Path, record: Record) -> Record:
+        """Move a finished map from ``temporary`` to ``final`` and append its ``record`` (with
+        the file's size and checksum) as one step under the lock."""
+        record.size = temporary.stat().st_size
+        record.sha256 = file_digest(temporary)
+        with self.locked() as fd:
+            os.replace(temporary, final)
+            record.mtime_ns = final.stat().st_mtime_ns
+            self._write_line(fd, {"type": "record", **record.to_dict()})
+        return record
+
+    def record_failure(self, record: Record, stale: Path | None = None) -> Record:
+        """Append a failed record; a map at ``stale`` (the job's output path, from an earlier run)
+        is removed under the same lock, so that no file on disk is left that the manifest does
+        not describe."""
+        with self.locked() as fd:
+            if stale is not None and stale.exists():
+                stale.unlink()
+                note = "the map an earlier run wrote at this path was removed"
+                record.error = f"{record.error} ({note})" if record.error else note
+            self._write_line(fd, {"type": "record", **record.to_dict()})
+        return record
+
+    # -- reading --------------------------------------------------------------------------
+    def entries(self) -> list[dict[str, Any]]:
+        """Every entry so far, in order (new lines are read incrementally; a torn last line of a
+        killed writer is skipped)."""
+        if not self.path.exists():
+            return list(self._entries)
+        with open(self.path, "rb") as stream:
+            stream.seek(self._offset)
+            chunk = stream.read()
+        end = chunk.rfind(b"\n") + 1  # only whole lines; a line in the making waits for the next read
+        for number, line in enumerate(chunk[:end].splitlines()):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                logger.warning("%s: skipped an unreadable line at byte %d (a write cut short)", self.path, self._offset)
+                continue
+            if isinstance(entry, dict):
+                self._entries.append(entry)
+        self._offset += end
+        return list(self._entries)
+
+    def records(self) -> list[Record]:
+        return [Record.from_dict(e) for e in self.entries() if e.get("type") == "record"]
+
+    def latest_by_path(self) -> dict[str, Record]:
+        """The latest record of every output path."""
+        latest: dict[str, Record] = {}
+        for record in self.records():
+            latest[_slot(record)] = record
+        return latest
+
+    def write_manifest(self, header: Mapping[str, Any] | None = None, path: Path | None = None) -> Path:
+        """Regenerate ``manifest.json`` from the journal (atomically, under the lock so that a
+        later view never gets replaced by an earlier one)."""
+        path = path or self.folder / MANIFEST_NAME
+        with self.locked():
+            atomic_write_json(path, manifest_view(self.entries(), header))
+        return path

@@ -1,0 +1,206 @@
+"""Jobs from inputs × methods × targets: names, keys and the units workers run.
+
+A :class:`Job` is one image, one method with its options and one target of one class. Its output
+path (``<image folder>/<method label>_<target name><suffix>``, relative to the output folder) is
+unique and stable (:mod:`esegeta_monai.jobs.naming`), and its key
+(:func:`~esegeta_monai.jobs.fingerprint.job_key`) digests everything that changes the map: the
+image's content, the method's name and every option (defaults filled in; files named in options,
+e.g. a label file of ``features``, by content), the target (a mask file by content) and the
+run-wide ``common`` parts (bundle, windows, format, version …). A :class:`Unit` holds one image's
+jobs: a worker reads and predicts the image once for all of them.
+
+Example:
+    >>> from esegeta_monai.jobs.plan import plan_units
+    >>> from esegeta_monai.methods.spec import MethodSpec
+    >>> units = plan_units(["/no/such/s1/a.nii.gz", "/no/such/s2/a.nii.gz"], [MethodSpec("saliency")], ["argmax:1"],
+    ...                    common={"version": "0"}, suffix=".nii.gz")
+    >>> [job.path for unit in units for job in unit.jobs]
+    ['a__s1/saliency_argmax1.nii.gz', 'a__s2/saliency_argmax1.nii.gz']
+    >>> units[0].error is not None   # a missing image: its jobs fail when they run, with this reason
+    True
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from esegeta_monai.core.targets import TargetSpec, split_targets
+from esegeta_monai.errors import EsegetaError
+from esegeta_monai.jobs.fingerprint import DigestCache, canonical, job_key
+from esegeta_monai.jobs.naming import image_stem, unique_names
+from esegeta_monai.jobs.record import Record
+from esegeta_monai.methods import get_method
+from esegeta_monai.methods.spec import MethodSpec
+
+__all__ = ["Job", "Unit", "plan_units", "identity_of", "previous_names"]
+
+
+def identity_of(path: str | os.PathLike) -> str:
+    """What names an input: its resolved absolute path."""
+    return str(Path(path).expanduser().resolve())
+
+
+@dataclass(frozen=True)
+class Job:
+    """One image × one method (with its options) × one target class."""
+
+    image: str  #: the input as given
+    folder: str  #: the image's output folder name
+    method: MethodSpec
+    target: TargetSpec
+    target_name: str  #: the target's unique name in file names
+    path: str  #: the output path relative to the output folder
+    key: str | None  #: None when an input could not be read while planning (see ``error``)
+    error: str | None = None  #: why the job cannot run, found while planning
+
+    def record(self, status: str, seconds: float = 0.0, **fields: Any) -> Record:
+        """A :class:`~esegeta_monai.jobs.record.Record` of this job."""
+        return Record(image=self.image, method=self.method.label, target=self.target_name, status=status, seconds=seconds,
+                      key=self.key, path=self.path, method_name=self.method.name, options=canonical(self.method.options),
+                      target_spec=self.target.text, **fields)
+
+
+@dataclass
+class Unit:
+    """One image and its jobs, run together by one worker."""
+
+    image: str
+    folder: str
+    jobs: list[Job]
+    inputs: list[dict[str, Any]] = field(default_factory=list)  #: digests of the files read (for the journal)
+    error: str | None = None  #: the image cannot be read: every job fails with this
+
+    @property
+    def pending(self) -> int:
+        return len(self.jobs)
+
+
+def previous_names(records: Sequence[Record]) -> tuple[dict[str, str], dict[str, str]]:
+    """The image folder names and target names earlier runs gave, from journal records:
+    ``({image identity: folder}, {target spec: target name})``."""
+    folders, targets = {}, {}
+    for record in records:
+        if record.image and record.path and "/" in record.path:
+            folders[identity_of(record.image)] = record.path.split("/", 1)[0]
+        if record.target_spec:
+            targets[record.target_spec] = record.target
+    return folders, targets
+
+
+def _target_identity(spec: TargetSpec) -> str:
+    return f"{spec.kind}:{spec.class_index}:{identity_of(spec.extra)}" if spec.mask_file else spec.text
+
+
+def _resolved_spec(spec: TargetSpec) -> TargetSpec:
+    """Mask files by absolute path, so a spec names the same file from any working folder."""
+    return TargetSpec(spec.kind, spec.class_index, identity_of(spec.extra)) if spec.mask_file else spec
+
+
+def _file_options(options: Mapping[str, Any]) -> dict[str, str]:
+    """Options that name an existing file (e.g. ``features: organs.nii.gz``): option → path."""
+    return {k: v for k, v in options.items() if isinstance(v, str) and v and os.path.isfile(v)}
+
+
+def plan_units(
+    images: Sequence[str],
+    methods: Sequence[MethodSpec],
+    targets: Sequence[str],
+    common: Mapping[str, Any],
+    suffix: str,
+    previous_folders: Mapping[str, str] | None = None,
+    previous_targets: Mapping[str, str] | None = None,
+    digests: DigestCache | None = None,
+    owned: Callable[[int], bool] | None = None,
+    image_digests: Mapping[str, str] | None = None,
+) -> list[Unit]:
+    """The units of a run, one per image, in the order of ``images``.
+
+    Args:
+        images: input files (duplicates removed by the caller).
+        methods: method specs with unique labels (:func:`~esegeta_monai.methods.spec.unique_specs`).
+        targets: target specs (``argmax:1,2`` gives two targets); repeats run once.
+        common: key parts every job shares (bundle, windows, format, version …).
+        suffix: the maps' file suffix, e.g. ``.nii.gz``.
+        previous_folders, previous_targets: names given by earlier runs (:func:`previous_names`).
+        digests: a cache of file digests (e.g. seeded from the journal).
+        owned: which units (by index) this process runs; the others are named but not hashed
+            (torchrun ranks each hash their own share).
+        image_digests: digests of inputs that are not files (e.g. an evaluator's in-memory batch),
+            by the name given in ``images``.
+    """
+    digests = digests or DigestCache()
+    folders = unique_names({identity_of(i): image_stem(i) for i in images}, previous_folders)
+    target_specs: dict[str, TargetSpec] = {}
+    for text in targets:
+        for spec in split_targets(text):
+            target_specs.setdefault(_target_identity(spec), _resolved_spec(spec))
+    target_names = unique_names({identity: spec.name for identity, spec in target_specs.items()},
+                                {_target_identity(_resolved_spec(s)): n for t, n in (previous_targets or {}).items()
+                                 for s in _specs_or_none(t)})
+    resolved = [(spec, {**get_method(spec.name).validate(spec.options)}) for spec in methods]
+
+    units = []
+    for index, image in enumerate(images):
+        if owned is not None and not owned(index):
+            continue
+        folder = folders[identity_of(image)]
+        unit = Unit(image, folder, [])
+        try:
+            if image_digests and image in image_digests:
+                image_digest = image_digests[image]
+            else:
+                entry = digests.entry(image)
+                unit.inputs.append({"role": "image", **entry})
+                image_digest = entry["sha256"]
+        except OSError as error:
+            image_digest = None
+            unit.error = f"{image}: cannot read the image file ({error.strerror or error}); check the path"
+        for identity, target in target_specs.items():
+            target_part, target_error = _target_part(target, digests, unit)
+            for method, options in resolved:
+                option_files, option_error = _option_files(options, digests, unit)
+                error = unit.error or target_error or option_error
+                key = None if error else job_key({
+                    **common, "image": image_digest, "method": method.name, "options": options,
+                    "option_files": option_files, "target": target_part,
+                })
+                path = f"{folder}/{method.label}_{target_names[identity]}{suffix}"
+                unit.jobs.append(Job(image, folder, method, target, target_names[identity], path, key, error))
+        units.append(unit)
+    return units
+
+
+def _specs_or_none(text: str) -> list[TargetSpec]:
+    try:
+        return split_targets(text)
+    except EsegetaError:
+        return []
+
+
+def _target_part(target: TargetSpec, digests: DigestCache, unit: Unit) -> tuple[dict[str, Any], str | None]:
+    if not target.mask_file:
+        return {"kind": target.kind, "class": target.class_index, "extra": target.extra}, None
+    try:
+        entry = digests.entry(target.mask_file)
+    except OSError as error:
+        return {}, f"mask file {target.mask_file} cannot be read ({error.strerror or error}); check the target spec"
+    if not any(i.get("path") == entry["path"] for i in unit.inputs):
+        unit.inputs.append({"role": "mask", **entry})
+    return {"kind": target.kind, "class": target.class_index, "mask": entry["sha256"]}, None
+
+
+def _option_files(options: Mapping[str, Any], digests: DigestCache, unit: Unit) -> tuple[dict[str, str], str | None]:
+    files = {}
+    for option, path in _file_options(options).items():
+        try:
+            entry = digests.entry(path)
+        except OSError as error:
+            return {}, f"{option}: {path} cannot be read ({error.strerror or error})"
+        files[option] = entry["sha256"]
+        if not any(i.get("path") == entry["path"] for i in unit.inputs):
+            unit.inputs.append({"role": option, **entry})
+    return files, None

@@ -1,0 +1,41 @@
+"""Reading images for explanation and writing aligned attribution maps.
+
+- :func:`load_for_explanation`: a file through a bundle's preprocessing, checked (shape,
+  channels, NaN), as a ``MetaTensor`` that remembers its transforms;
+- :func:`save_attribution`: a map on the preprocessed grid, inverted back to the file's grid
+  and written atomically as float32 NIfTI (or NRRD) with the input's affine, or for 2D maps as
+  a 16-bit PNG; a map on a coarser grid of its own (``resolution="layer"``) is written on that
+  grid with its own affine;
+- :func:`write_map`: an array and an affine, written atomically (NIfTI, NRRD, PNG);
+- :func:`check_output_dir`: an output folder that exists and is writable;
+- :class:`SimpleITKReader`: MHA/MHD, NRRD and DICOM series (a folder) for MONAI's
+  ``LoadImage(d)``, registered as its last-resort reader when this package is imported.
+
+Inputs: NIfTI (MONAI ``NibabelReader``), PNG/JPEG (``PILReader``), MHA/MHD, NRRD, DICOM files
+and series (``ITKReader``/``NrrdReader``/``PydicomReader`` when installed, else SimpleITK).
+Outputs: NIfTI, NRRD, PNG (2D).
+
+Example:
+    >>> from esegeta_monai.monai.io import load_for_explanation, save_attribution  # doctest: +SKIP
+    >>> data = load_for_explanation("scan.nii.gz", bundle.preprocessing)  # doctest: +SKIP
+    >>> save_attribution(attr, data, bundle.preprocessing, "out/saliency.nii.gz")  # doctest: +SKIP
+"""
+
+from esegeta_monai.monai.io.readers import SimpleITKReader, register_simpleitk_reader
+
+register_simpleitk_reader()  # before anything builds a LoadImage
+
+from esegeta_monai.monai.io.images import NAN_POLICIES, default_preprocessing, load_for_explanation  # noqa: E402
+from esegeta_monai.monai.io.nifti import CHANNEL_REDUCTIONS, WRITER_FORMATS, check_output_dir, save_attribution, write_map  # noqa: E402
+
+__all__ = [
+    "load_for_explanation",
+    "default_preprocessing",
+    "save_attribution",
+    "write_map",
+    "check_output_dir",
+    "NAN_POLICIES",
+    "CHANNEL_REDUCTIONS",
+    "WRITER_FORMATS",
+    "SimpleITKReader",
+]

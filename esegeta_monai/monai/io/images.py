@@ -1,0 +1,260 @@
+"""Loading an image for explanation, through a bundle's own preprocessing.
+
+The image comes back as MONAI would feed it to the network: a ``MetaTensor`` ``(C, *spatial)``
+that carries its ``meta`` (affine, original affine, file name) and ``applied_operations`` (the
+invertible transforms applied), so that an attribution computed on it can be mapped back onto the
+file's grid by :func:`esegeta_monai.monai.io.nifti.save_attribution`.
+
+Example:
+    >>> import numpy as np, nibabel as nib, tempfile, os
+    >>> from esegeta_monai.monai.io import load_for_explanation
+    >>> folder = tempfile.mkdtemp()
+    >>> path = os.path.join(folder, "scan.nii.gz")
+    >>> nib.save(nib.Nifti1Image(np.ones((8, 9, 10), np.float32), np.eye(4)), path)
+    >>> data = load_for_explanation(path, expected_channels=1, expected_spatial_dims=3)
+    >>> tuple(data["image"].shape)
+    (1, 8, 9, 10)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
+
+from esegeta_monai.errors import InputError
+from esegeta_monai.monai.io.readers import add_reader_to
+
+__all__ = ["load_for_explanation", "default_preprocessing", "loading_prefix_length", "NAN_POLICIES"]
+
+logger = logging.getLogger(__name__)
+
+#: Accepted values of ``nan_policy``: ``"error"`` refuses images with NaN/Inf voxels, ``"zero"``
+#: replaces them by 0 (with a warning).
+NAN_POLICIES = ("error", "zero")
+
+_LOADERS = (LoadImaged, EnsureChannelFirstd)
+
+
+def default_preprocessing(image_key: str = "image") -> Compose:
+    """The preprocessing used when a bundle gives none: ``LoadImaged`` + ``EnsureChannelFirstd``.
+
+    Nothing in it changes the grid, so an attribution computed on its output is already aligned
+    with the file.
+    """
+    return Compose([LoadImaged(keys=image_key, image_only=True), EnsureChannelFirstd(keys=image_key)])
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception of a chain (MONAI wraps reader errors in ``RuntimeError``)."""
+    seen = set()
+    while id(exc) not in seen:
+        seen.add(id(exc))
+        nxt = exc.__cause__ or exc.__context__
+        if nxt is None:
+            break
+        exc = nxt
+    return exc
+
+
+def _describe(exc: BaseException) -> str:
+    root = _root_cause(exc)
+    text = str(root).strip().splitlines()
+    text = text[0] if text else ""
+    return f"{type(root).__name__}: {text}" if text else type(root).__name__
+
+
+def loading_prefix_length(preprocessing: Any) -> int:
+    """Number of leading transforms of a Compose that only read the file (LoadImaged, EnsureChannelFirstd).
+
+    ``preprocessing(data, start=n)`` then applies the rest of it to an image already in memory.
+
+    Example:
+        >>> from monai.transforms import ScaleIntensityd
+        >>> loading_prefix_length(Compose([*default_preprocessing().transforms, ScaleIntensityd("image")]))
+        2
+    """
+    transforms = getattr(preprocessing, "transforms", None)
+    if not isinstance(preprocessing, Compose) or not transforms:
+        return 0
+    n = 0
+    for t in transforms:
+        if isinstance(t, _LOADERS):
+            n += 1
+        else:
+            break
+    return n
+
+
+def _check_image(
+    img: Any, path: Path, stage: str, expected_channels: int | None, expected_spatial_dims: int | None
+) -> None:
+    if not isinstance(img, torch.Tensor):
+        raise InputError(
+            f"{path}: the preprocessing returned {type(img).__name__} for the image, not a tensor; "
+            "make sure the bundle's preprocessing loads the image (LoadImaged) and returns a tensor"
+        )
+    shape = tuple(img.shape)
+    on_disk = ""
+    if isinstance(img, MetaTensor):
+        sp = img.meta.get("spatial_shape")
+        if sp is not None:
+            on_disk = f" (file spatial shape {tuple(int(s) for s in torch.as_tensor(sp).tolist())})"
+    spatial = len(shape) - 1
+    if expected_spatial_dims is not None and spatial != expected_spatial_dims:
+        raise InputError(
+            f"{path}: {stage} the image has shape {shape}{on_disk}, i.e. {spatial} spatial dimension(s) "
+            f"after the channel; the model expects {expected_spatial_dims}. Fix: give a "
+            f"{expected_spatial_dims}D image (for a series, extract one volume, e.g. with nibabel's "
+            "`image.slicer`), or use a model made for this dimensionality"
+        )
+    if expected_channels is not None and shape[0] != expected_channels:
+        hint = (
+            "a 4D file (e.g. a time series or several modalities in the last axis) is read as channels: "
+            f"extract the {expected_channels}-channel volume the model was trained on"
+            if shape[0] > expected_channels
+            else f"stack the {expected_channels} input channels (modalities) into one file along the last axis"
+        )
+        raise InputError(
+            f"{path}: {stage} the image has {shape[0]} channel(s) (shape {shape}{on_disk}); the model "
+            f"expects {expected_channels}. Fix: {hint}"
+        )
+
+
+def _handle_nonfinite(img: torch.Tensor, path: Path, nan_policy: str, stage: str) -> None:
+    finite = torch.isfinite(img)
+    if bool(finite.all()):
+        return
+    bad = int((~finite).sum())
+    n_nan = int(torch.isnan(img).sum())
+    n_inf = bad - n_nan
+    if nan_policy == "zero":
+        logger.warning("%s: replacing %d NaN and %d Inf voxel(s) by 0 (nan_policy='zero')", path, n_nan, n_inf)
+        with torch.no_grad():
+            img.masked_fill_(~finite, 0)  # in place: keeps the MetaTensor's meta and applied_operations
+        return
+    raise InputError(
+        f"{path}: {stage} {bad} voxel(s) are not finite ({n_nan} NaN, {n_inf} Inf) out of {img.numel()}. "
+        "Fix: clean the image, or pass nan_policy='zero' (--nan-policy zero) to replace them by 0"
+    )
+
+
+def load_for_explanation(
+    path: str | os.PathLike,
+    preprocessing: Callable[[Mapping], Any] | None = None,
+    image_key: str = "image",
+    expected_channels: int | None = None,
+    expected_spatial_dims: int | None = None,
+    nan_policy: str = "error",
+) -> dict:
+    """Read an image file and apply a bundle's preprocessing to it, checking it on the way.
+
+    Args:
+        path: the image file or DICOM series folder: NIfTI, PNG, MHA/MHD, NRRD, DICOM (whatever the
+            preprocessing's ``LoadImaged`` reads, with :class:`~esegeta_monai.monai.io.readers.SimpleITKReader`
+            added as its last resort).
+        preprocessing: a callable applied to ``{image_key: str(path)}``, usually the bundle's
+            ``preprocessing`` Compose. ``None`` uses :func:`default_preprocessing`
+            (``LoadImaged`` + ``EnsureChannelFirstd``: the image stays on the file's grid).
+        image_key: the key of the image in the data dict.
+        expected_channels: the number of input channels of the model, checked after loading
+            (``None``: not checked).
+        expected_spatial_dims: 2 or 3, checked after loading (``None``: not checked).
+        nan_policy: what to do with NaN or Inf voxels of the loaded image: ``"error"`` (default)
+            refuses the image with an :class:`InputError` giving the count; ``"zero"`` replaces them
+            by 0 before the rest of the preprocessing, with a logged warning. A preprocessing
+            that itself produces non-finite values is always an error.
+
+    Returns:
+        The data dict after the preprocessing. ``data[image_key]`` is a ``MetaTensor``
+        ``(C, *spatial)`` with ``meta`` and ``applied_operations``, ready for inversion by
+        :func:`esegeta_monai.monai.io.save_attribution`.
+
+    Raises:
+        InputError: missing file, unreadable or corrupt file, wrong number of spatial dimensions
+            or channels, non-finite voxels (each message names the file and the fix).
+    """
+    if nan_policy not in NAN_POLICIES:
+        raise InputError(f"nan_policy={nan_policy!r} is not supported; choose one of {NAN_POLICIES}")
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise InputError(f"{path}: no such file. Fix: check the path (it is resolved from {Path.cwd()})")
+    if preprocessing is None:
+        preprocessing = default_preprocessing(image_key)
+    add_reader_to(preprocessing)  # MHA, NRRD, DICOM through SimpleITK when no other reader takes them
+
+    n_load = loading_prefix_length(preprocessing)
+    data: Any = {image_key: str(path)}
+    if n_load:
+        # stage 1: read the file only, so that reader failures and shape problems are reported as such
+        try:
+            data = preprocessing(data, end=n_load)
+        except Exception as e:
+            if isinstance(_root_cause(e), KeyError):
+                raise InputError(
+                    f"{path}: the preprocessing does not read the key {image_key!r} ({_describe(e)}). Fix: pass "
+                    "the image key the bundle's preprocessing uses (bundle.image_key / --image-key)"
+                ) from e
+            raise InputError(
+                f"{path}: cannot read the image ({_describe(e)}). The file may be truncated, corrupt or "
+                "in a format the preprocessing's reader does not handle. Fix: re-export or re-download "
+                "the file, and check that it opens in another viewer (e.g. 3D Slicer)"
+            ) from e
+        img = data.get(image_key) if isinstance(data, Mapping) else None
+        _check_image(img, path, "after loading,", expected_channels, expected_spatial_dims)
+        _handle_nonfinite(img, path, nan_policy, "after loading,")
+        try:
+            if n_load < len(preprocessing.transforms):
+                data = preprocessing(data, start=n_load)
+        except InputError:
+            raise
+        except Exception as e:
+            raise InputError(
+                f"{path}: the preprocessing failed on this image ({_describe(e)}). "
+                "Fix: check that the image is of the kind the bundle expects (modality, dimensions, "
+                "channels)"
+            ) from e
+    else:
+        try:
+            data = preprocessing(data)
+        except Exception as e:
+            raise InputError(
+                f"{path}: cannot read or preprocess the image ({_describe(e)}). Fix: check that the file "
+                "is complete and opens in another viewer, and that it is of the kind the bundle expects"
+            ) from e
+        if isinstance(data, Mapping) and isinstance(data.get(image_key), torch.Tensor):
+            _handle_nonfinite(data[image_key], path, nan_policy, "after preprocessing,")
+
+    if isinstance(data, (list, tuple)):
+        raise InputError(
+            f"{path}: the preprocessing returned {len(data)} samples (a random crop or patch sampler?); "
+            "explanation needs the whole image. Fix: use the bundle's inference preprocessing, not the "
+            "training one"
+        )
+    if not isinstance(data, Mapping) or image_key not in data:
+        raise InputError(
+            f"{path}: the preprocessing did not return a dict with key {image_key!r}. Fix: pass the "
+            "bundle's image key (image_key / --image-key)"
+        )
+    img = data[image_key]
+    _check_image(img, path, "after preprocessing,", expected_channels, expected_spatial_dims)
+    if not isinstance(img, MetaTensor):
+        raise InputError(
+            f"{path}: the preprocessing returned a plain {type(img).__name__}, without the metadata "
+            "needed to align the maps with the file. Fix: keep MetaTensors in the preprocessing "
+            "(EnsureTyped with track_meta=True, no ToNumpyd)"
+        )
+    if not bool(torch.isfinite(img).all()):
+        bad = int((~torch.isfinite(img)).sum())
+        raise InputError(
+            f"{path}: the preprocessing produced {bad} non-finite voxel(s) (NaN/Inf) from a finite image. "
+            "Fix: check the intensity transforms of the preprocessing (e.g. a normalisation of a "
+            "constant image)"
+        )
+    return dict(data)
