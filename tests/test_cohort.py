@@ -95,8 +95,12 @@ def test_images_lists_datalist_csv_text_and_folder(cohort, tmp_path):
     assert explain(cohort, out, "--images", lists / "cohort.json", "--images", lists / "cohort.csv",
                    "--images", lists / "cohort.txt", "--methods", "saliency") == 0
     assert sorted(Path(r["image"]).resolve() for r in records(out)) == sorted(p.resolve() for p in cohort.images)
-    folder_out = tmp_path / "folder"
-    assert explain(cohort, folder_out, "--images", cohort.root / "scans" / "s1", "--methods", "saliency") == 0
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(cohort.images[0], folder / "a.nii.gz")
+    shutil.copy(cohort.images[0], folder / "a_label.nii.gz")  # a label next to its scan: not explained
+    folder_out = tmp_path / "folder_out"
+    assert explain(cohort, folder_out, "--images", folder, "--methods", "saliency") == 0
     assert [Path(r["image"]).name for r in records(folder_out)] == ["a.nii.gz"]
 
 

@@ -3,7 +3,9 @@
 ``--image`` takes files and glob patterns (``scans/*.nii.gz``, also quoted so the shell leaves
 it); ``--images`` takes a list: a MONAI datalist JSON (``{"testing": [{"image": …, "label": …}]}``
 or a plain list of such entries or of paths), a CSV with an ``image`` column (and an optional
-``label``), a text file with one path per line, or a folder (every image file in it, sorted).
+``label``), a text file with one path per line, or a folder (every image file in it, sorted, but
+for files named like labels — ``*_label``, ``*_seg``, ``*_mask``, ``*_gt`` — which are left out
+with a message; name them with ``--image`` to explain them).
 Relative paths in a list are relative to the list's folder, as MONAI's
 ``load_decathlon_datalist`` reads them. An image listed twice runs once (reported once).
 
@@ -33,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from esegeta_monai.errors import ConfigError
-from esegeta_monai.jobs.naming import IMAGE_SUFFIXES
+from esegeta_monai.jobs.naming import IMAGE_SUFFIXES, image_stem
 from esegeta_monai.jobs.plan import identity_of
 
 __all__ = ["ImageInput", "collect_inputs", "read_image_list", "expand_patterns", "DATALIST_SECTIONS"]
@@ -43,6 +45,8 @@ logger = logging.getLogger(__name__)
 #: sections of a MONAI datalist tried in this order when none is named
 DATALIST_SECTIONS = ("testing", "test", "validation", "training")
 _GLOB_CHARS = set("*?[")
+#: a folder's files whose stem ends with one of these are labels, not scans
+LABEL_ENDINGS = ("label", "labels", "seg", "mask", "gt")
 
 
 @dataclass(frozen=True)
@@ -92,12 +96,22 @@ def _datalist_entries(payload, source: Path, section: str | None) -> list:
                       "Fix: name one with --datalist-key")
 
 
+def _looks_like_label(path: Path) -> bool:
+    stem = image_stem(path).lower()
+    return any(stem == ending or stem.endswith(("_" + ending, "-" + ending)) for ending in LABEL_ENDINGS)
+
+
 def read_image_list(path: str | os.PathLike, section: str | None = None) -> list[ImageInput]:
     """The images of a list file or folder (see the module's docstring)."""
     path = Path(path).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(IMAGE_SUFFIXES)
                        and not p.name.startswith("."))
+        labels = [p for p in files if _looks_like_label(p)]
+        if labels:
+            logger.info("%s: left out %d file(s) named like labels (%s%s); name them with --image to explain them",
+                        path, len(labels), ", ".join(p.name for p in labels[:3]), ", …" if len(labels) > 3 else "")
+        files = [p for p in files if p not in labels]
         if not files:
             raise ConfigError(f"{path}: no image file in this folder ({', '.join(IMAGE_SUFFIXES)})")
         return [ImageInput(str(p)) for p in files]
