@@ -40,4 +40,9 @@ class OutputError(EsegetaError, OSError):
 
 
 class MethodTimeout(EsegetaError, TimeoutError):
-    """A method ran past its time budget; raised between window batches."""
+    """A method ran past its time budget."""
+
+
+class EmptyTargetError(TargetError):
+    """A target whose region is empty on this image (e.g. no voxel predicted as the class): its
+    map would be all zeros and say nothing, so none is computed."""
