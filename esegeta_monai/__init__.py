@@ -4,6 +4,7 @@ Example:
     >>> import torch
     >>> from monai.networks.nets import UNet
     >>> from esegeta_monai import ArgmaxRegion, Explainer
+    >>> _ = torch.manual_seed(0)
     >>> net = UNet(3, 1, 2, (4, 8), (2,), num_res_units=0).eval()
     >>> explainer = Explainer(net, "saliency", ArgmaxRegion(1), roi_size=(16, 16, 16))
     >>> explainer(torch.rand(1, 1, 24, 24, 24)).shape

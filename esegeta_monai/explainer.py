@@ -11,13 +11,17 @@
 4. applies the method's non-linear post-processing once, to the sum.
 
 Parameters are frozen and the network is put in eval mode during the call (both restored
-afterwards); gradients are enabled even when called under ``torch.no_grad()``.
+afterwards); gradients are enabled even when called under ``torch.no_grad()``. A target whose
+region is empty on an image (no voxel predicted as the class, an all-zero mask) is refused
+with :class:`~esegeta_monai.errors.EmptyTargetError` before the method runs: its map would be
+all zeros (the visualisation methods, which ignore the target, still run).
 
 Example:
     >>> import torch
     >>> from monai.networks.nets import UNet
     >>> from esegeta_monai import Explainer
     >>> from esegeta_monai.core.targets import ArgmaxRegion
+    >>> _ = torch.manual_seed(0)
     >>> net = UNet(3, 1, 2, (4, 8), (2,), num_res_units=0)
     >>> explainer = Explainer(net, "saliency", ArgmaxRegion(1), roi_size=(16, 16, 16), overlap=0.5, abs=False)
     >>> explainer(torch.rand(2, 1, 20, 24, 24)).shape
@@ -37,9 +41,9 @@ from monai.data import MetaTensor
 
 from esegeta_monai.core.prediction import predict
 from esegeta_monai.core.targets import Target, parse_targets
-from esegeta_monai.core.window_pass import WeightedOutput, WindowPass, first_output, frozen_eval, with_meta_of
+from esegeta_monai.core.window_pass import Deadline, WeightedOutput, WindowPass, first_output, frozen_eval, with_meta_of
 from esegeta_monai.core.windows import WindowPlan, plan_windows
-from esegeta_monai.errors import InputError, TargetError
+from esegeta_monai.errors import EmptyTargetError, InputError, TargetError
 from esegeta_monai.methods import Method, get_method
 
 __all__ = ["Explainer", "predict"]
@@ -64,13 +68,23 @@ class Explainer:
         local: explain each window against its own output and blend the window maps
             with the importance map (the original TorchEsegeta behaviour; not exact).
         progress: show a tqdm bar over windows.
-        timeout: seconds; the method stops within one window batch past it and raises
-            :class:`~esegeta_monai.errors.MethodTimeout`.
+        timeout: seconds for a call, counted from its start (the prediction pass included when
+            the explainer computes it); the call stops at the first forward of the network (or
+            window batch) past it — within one forward and its backward, whatever the method's
+            internal batching — and raises :class:`~esegeta_monai.errors.MethodTimeout`.
         method_kwargs: the method's own keywords (e.g. ``abs=False``, ``n_steps=16``).
 
     Calling the explainer on ``x`` returns attributions shaped like ``x`` (one channel for
     CAMs); a MetaTensor input gives a MetaTensor with the same meta. ``prediction=`` reuses a
     sliding-window prediction computed elsewhere (e.g. by a bundle's evaluator).
+
+    ``last_region_voxels`` holds, after each call, the size of the target's region per image
+    (voxels with a non-zero output weight: the region of an argmax/Otsu/mask target, 1 for a
+    voxel), or None where there is none to count: a classifier output ``(B, K)``, or local mode
+    with a prediction-based target (each window then has its own region). A region of 0 voxels
+    on any image of the batch raises :class:`~esegeta_monai.errors.EmptyTargetError`, naming
+    the images — unless the method ignores the target (``method.reads_target`` False: the
+    visualisation methods).
 
     Layer-resolution maps (``resolution="layer"``) are on the layer's grid: ``last_scale``
     holds the factor per axis (input voxels per map voxel; ones for input-resolution maps),
@@ -117,6 +131,7 @@ class Explainer:
         self.timeout = timeout
         self.last_pass: WindowPass | None = None
         self.last_scale: tuple[float, ...] | None = None
+        self.last_region_voxels: list[int] | None = None
         self._output_shapes: dict[tuple, tuple[int, ...]] = {}
         if self.amp and not self.method.amp_safe:
             logger.info("%s runs its forwards in float32: %s", self.method.name, self.method.amp_note)
@@ -144,15 +159,23 @@ class Explainer:
         """The :class:`WindowPass` of ``inputs`` and the checked input tensor, with the network
         in eval mode, parameters frozen and gradients enabled (restored on exit) — what a method
         runs in; also what evaluation needs to compute the target of perturbed inputs
-        (:class:`~esegeta_monai.core.windowed_target.WindowedTarget`)."""
+        (:class:`~esegeta_monai.core.windowed_target.WindowedTarget`).
+
+        With a ``timeout`` the budget starts here and every forward of the network checks it
+        (a forward pre-hook, removed on exit). Raises
+        :class:`~esegeta_monai.errors.EmptyTargetError` when the target's region is empty on
+        an image and the method reads the target (sets ``last_region_voxels`` first)."""
+        self.last_region_voxels = None
         x = self._check_inputs(inputs)
-        deadline = time.monotonic() + self.timeout if self.timeout else None
+        label = f"{self.method.name} {self.target.name}"
+        deadline = Deadline(self.timeout, label) if self.timeout else None
         self.network.to(self.device)
-        with frozen_eval(self.network), torch.enable_grad():
+        watch = deadline.watching(self.network) if deadline is not None else contextlib.nullcontext()
+        with frozen_eval(self.network), torch.enable_grad(), watch:
             plan = self._plan(x)
             weights = None if self.local and self.target.needs_prediction else self._output_weights(x, plan, prediction)
             yield WindowPass(
-                WeightedOutput(self.network, self.target.class_index, self.amp and self.method.amp_safe),
+                WeightedOutput(self.network, self.target.class_index, self.amp and self.method.amp_safe, deadline),
                 plan,
                 self.target,
                 weights,
@@ -160,7 +183,7 @@ class Explainer:
                 local=self.local,
                 progress=self.progress,
                 deadline=deadline,
-                label=f"{self.method.name} {self.target.name}",
+                label=label,
             ), x
 
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -207,12 +230,27 @@ class Explainer:
             return (x.shape[0], channels_and_space[0])
         return (x.shape[0], channels_and_space[0], *x.shape[2:])
 
+    def _vector_output_shape(self, x: torch.Tensor, plan: WindowPlan) -> tuple[int, int] | None:
+        """The output shape ``(B, K)`` if the network is a classifier, else None (also when
+        one window's forward fails)."""
+        try:
+            shape = self._output_shape(x, plan)
+        except Exception:
+            return None
+        return shape if len(shape) == 2 else None
+
     def _output_weights(self, x: torch.Tensor, plan: WindowPlan, prediction: torch.Tensor | None) -> torch.Tensor:
         """The target's output gradient divided by MONAI's normaliser, on the padded grid."""
         if self.target.needs_prediction:
             if prediction is None:
                 with torch.no_grad():
-                    prediction = self._predict(x, plan)
+                    try:
+                        prediction = self._predict(x, plan)
+                    except Exception:  # a classifier through windows fails in MONAI's stitching: say what is wrong
+                        shape = self._vector_output_shape(x, plan)
+                        if shape is not None:
+                            _check_output_grid(torch.zeros((), device=x.device).expand(shape), x, plan, self.target)
+                        raise
             prediction = (prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction).to(x.device)
             output = prediction
         else:  # only the shape matters (from a given prediction, else one window's forward); an expanded zero costs no memory
@@ -220,8 +258,11 @@ class Explainer:
             output = torch.zeros((), device=x.device).expand(shape)
         _check_output_grid(output, x, plan, self.target)
         weights = self.target.channel_weights(output)
-        if output.ndim == 2:
+        if output.ndim == 2:  # a classifier's class score: no region
             return weights
+        self.last_region_voxels = (weights != 0).flatten(1).sum(1).tolist()  # one sync, no forward
+        if 0 in self.last_region_voxels and self.method.reads_target:  # visualisation ignores the target
+            raise _empty_region(self.target, self.last_region_voxels)
         if plan.single or self.local:  # local mode weights each window by its own output
             return plan.pad_output(weights)
         return plan.pad_output(weights).div_(plan.normaliser())  # channel_weights gave a fresh tensor
@@ -231,6 +272,7 @@ def _check_output_grid(output: torch.Tensor, x: torch.Tensor, plan: WindowPlan, 
     if output.shape[0] != x.shape[0]:
         raise TargetError(f"{target.name}: prediction has batch {output.shape[0]}, inputs have {x.shape[0]}")
     if output.ndim == 2:
+        target.check_output(output)  # a spatial target on a classifier: say so first
         if not plan.single:
             raise TargetError(
                 f"{target.name}: the network returns one vector per image (a classifier); explain it "
@@ -242,6 +284,21 @@ def _check_output_grid(output: torch.Tensor, x: torch.Tensor, plan: WindowPlan, 
             f"{target.name}: output spatial shape {tuple(output.shape[2:])} differs from the input's "
             f"{tuple(x.shape[2:])}; networks that change resolution are not supported yet"
         )
+
+
+def _empty_region(target: Target, voxels: list[int]) -> EmptyTargetError:
+    """The error for a target whose region has 0 voxels on some images of the batch."""
+    empty = [index for index, count in enumerate(voxels) if count == 0]
+    where = others = ""
+    if len(voxels) > 1:
+        images = f"image {empty[0]}" if len(empty) == 1 else "images " + ", ".join(map(str, empty))
+        where = f" on {images} of the batch of {len(voxels)}"
+        if len(empty) < len(voxels):
+            others = " (or explain the other images of the batch without it)"
+    return EmptyTargetError(
+        f"{target.name}: the target region is empty (0 voxels){where}: {target.empty_reason}; its map would be all "
+        f"zeros and say nothing. Choose another class, an `otsu:` target, or a `mask:` region{others}."
+    )
 
 
 def _single_target(target) -> Target:

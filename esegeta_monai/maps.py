@@ -13,6 +13,7 @@ Example:
     >>> from esegeta_monai.core.windows import WindowSettings
     >>> from esegeta_monai.maps import compute_maps
     >>> from esegeta_monai.methods.spec import MethodSpec
+    >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Conv3d(1, 2, 3, padding=1)
     >>> results = compute_maps(net, torch.rand(1, 1, 12, 12, 12), [MethodSpec("saliency")],
     ...                        parse_targets("argmax:1"), WindowSettings(roi_size=(8, 8, 8)))
@@ -33,7 +34,7 @@ import torch
 from esegeta_monai.core.options import RunOptions
 from esegeta_monai.core.targets import Target
 from esegeta_monai.core.windows import WindowSettings
-from esegeta_monai.errors import ConfigError, EsegetaError, MethodTimeout
+from esegeta_monai.errors import ConfigError, EmptyTargetError, EsegetaError, MethodTimeout
 from esegeta_monai.explainer import Explainer, predict
 from esegeta_monai.methods.spec import MethodSpec
 
@@ -51,7 +52,7 @@ class MapResult:
 
     method: str  #: the method's output label (``as:`` name, else the method name)
     target: str  #: the target's name, e.g. ``argmax1``
-    status: str  #: ``ok``, ``failed`` or ``timeout``
+    status: str  #: ``ok``, ``failed``, ``timeout`` or ``empty`` (the target's region is empty: no map)
     seconds: float
     attribution: torch.Tensor | None = None  #: ``(B, C, *spatial)`` on the input's grid, when ok
     error: str | None = None
@@ -129,10 +130,16 @@ def compute_maps(
             try:
                 explainer = Explainer(network, method.name, target, **window.as_dict(), **options.as_dict(), **method.options)
                 attribution = explainer(inputs, prediction=prediction)
+                report = dict(getattr(explainer.method, "last_report", None) or {})
+                if getattr(explainer, "last_region_voxels", None) is not None:
+                    report["region_voxels"] = explainer.last_region_voxels  # the size of what was explained, per image
                 yield MapResult(method.label, target.name, "ok", time.monotonic() - start, attribution=attribution,
-                                report=getattr(explainer.method, "last_report", None))
+                                report=report or None)
             except MethodTimeout as error:
                 yield MapResult(method.label, target.name, "timeout", time.monotonic() - start, error=str(error))
+            except EmptyTargetError as error:
+                logger.warning("%s", error)
+                yield MapResult(method.label, target.name, "empty", time.monotonic() - start, error=str(error))
             except Exception as error:  # one failing method never stops the others
                 logger.debug("%s", traceback.format_exc())
                 yield MapResult(method.label, target.name, "failed", time.monotonic() - start, error=error_text(error))

@@ -40,4 +40,4 @@ def test_cohort_example_runs_and_resumes(tmp_path, monkeypatch, capsys):
     exec(compile(code, "README cohort block", "exec"), namespace)
     assert namespace["result"].summary["counts"]["ok"] == 1
     exec(compile(code, "README cohort block", "exec"), namespace)
-    assert namespace["result"].summary["counts"] == {"ok": 0, "failed": 0, "timeout": 0, "skipped": 1}
+    assert namespace["result"].summary["counts"] == {"ok": 0, "failed": 0, "timeout": 0, "empty": 0, "skipped": 1}

@@ -27,6 +27,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from esegeta_monai.apps.config import OUTPUT_FORMATS, RunConfig, load_run_config
 from esegeta_monai.errors import EsegetaError
@@ -38,9 +39,12 @@ __all__ = ["main", "build_parser"]
 
 def _roi(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",")]
+        roi = [int(v) for v in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(f"--roi-size takes integers like 64,64,64, got {text!r}") from None
+    if any(v < 1 for v in roi):
+        raise argparse.ArgumentTypeError(f"--roi-size {text}: window sizes must be ≥ 1 voxel, e.g. 64,64,64")
+    return roi
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--workers", type=int, help="worker processes, each loading the bundle once (default 1)")
     explain.add_argument("--devices", help="comma-separated devices, one per worker (cpu, cuda:0,cuda:1, …)")
     explain.add_argument("--force", action="store_true", default=None, help="recompute jobs an earlier run into --out finished")
+    explain.add_argument("--allow-empty", action="store_true", default=None,
+                         help="an empty target (e.g. no voxel predicted as the class) is recorded but does not make the exit code 1")
     explain.add_argument("--verify", action="store_true", default=None,
                          help="on resume, compare the checksum of every map (default: only of maps whose time stamp changed)")
 
@@ -129,13 +135,13 @@ def _config_from_args(args) -> RunConfig:
         "device": args.device, "amp": args.amp, "timeout": args.timeout, "weights": args.weights,
         "local": args.local, "nan_policy": args.nan_policy, "format": args.format, "channel_reduce": args.channel_reduce,
         "bundle_configs": args.bundle_configs, "image_lists": args.image_lists, "datalist_key": args.datalist_key,
-        "workers": args.workers, "force": args.force, "verify": args.verify,
+        "workers": args.workers, "force": args.force, "verify": args.verify, "allow_empty": args.allow_empty,
         "devices": [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None,
     }
     for key, value in overrides.items():
         if value is not None:
             setattr(config, key, value)
-    if args.methods:
+    if args.methods is not None:
         config.methods = parse_methods(args.methods, "--methods")  # validated below, after --layer
     if args.layer:
         for spec in config.methods:
@@ -160,23 +166,31 @@ def _explain(args) -> int:
     tune_allocator()  # reuse freed window buffers instead of page-faulting them back (ESEGETA_MALLOC_TUNING=0: off)
 
     config = _config_from_args(args)
-    result = run_explanations(config)
+    try:
+        result = run_explanations(config)
+    except KeyboardInterrupt:
+        out = Path(config.out)
+        print(f"esegeta: interrupted. The jobs that finished are recorded in {out / 'journal.jsonl'} (manifest: "
+              f"{out / 'manifest.json'}); run the same command again to continue where it stopped.", file=sys.stderr)
+        return 130
     if result.manifest is None:  # a torchrun rank other than 0: rank 0 reports for all
-        return 0 if result.ok else 1
+        return 0 if not result.failures(config.allow_empty) else 1
     counts = result.summary["counts"]
     done = counts["ok"] + counts["skipped"]
     skipped = f" ({counts['skipped']} done by an earlier run, skipped)" if counts["skipped"] else ""
-    print(f"{done}/{done + counts['failed'] + counts['timeout']} maps in {config.out}{skipped}; manifest: {result.manifest}")
+    print(f"{done}/{done + counts['failed'] + counts['timeout'] + counts['empty']} maps in {config.out}{skipped}; "
+          f"manifest: {result.manifest}")
     for line in summary_lines(result.summary):
         print(line)
-    if not result.ok:  # each failure was logged as it happened, with its reason
+    if counts["empty"]:
+        print(f"{counts['empty']} empty target(s): no voxel of the region on the image, so no map (see the manifest)"
+              + ("; allowed by --allow-empty" if config.allow_empty else "; --allow-empty accepts them"), file=sys.stderr)
+    if counts["failed"] + counts["timeout"]:  # each failure was logged as it happened, with its reason
         print(f"{counts['failed'] + counts['timeout']} failed or timed out: their errors are in the manifest", file=sys.stderr)
-    return 0 if result.ok else 1
+    return 0 if not result.failures(config.allow_empty) else 1
 
 
 def _manifest(args) -> int:
-    from pathlib import Path
-
     from esegeta_monai.jobs.journal import JOURNAL_NAME, Journal
 
     journal = Journal(args.out)
@@ -233,6 +247,10 @@ def _evaluate(args) -> int:
     from esegeta_monai.apps.cohort import default_targets
 
     tune_allocator()
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if not metrics:
+        raise EsegetaError(f"--metrics {args.metrics!r} names no metric; choose from infidelity, sensitivity, deletion, "
+                           "insertion, localisation, randomisation")
     methods = unique_specs(parse_methods(args.methods, "--methods"), "--methods")
     for spec in methods:
         if args.layer and "layer" in get_method(spec.name).params:
@@ -243,7 +261,7 @@ def _evaluate(args) -> int:
     if not images:
         raise EsegetaError(f"bundle {bundle.root} has no sample input; pass --image FILE")
     window = {"roi_size": args.roi_size} if args.roi_size else {}
-    result = evaluate(bundle, images, methods, [m.strip() for m in args.metrics.split(",") if m.strip()], args.out,
+    result = evaluate(bundle, images, methods, metrics, args.out,
                       target=args.target or default_targets(bundle)[0], labels=args.labels, window=window,
                       n_samples=args.samples, seed=args.seed, steps=args.steps, figures=not args.no_figures)
     failed = [r for r in result["rows"] if r["status"] != "ok"]
@@ -276,16 +294,19 @@ def _targets(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from esegeta_monai.jobs.console import configure_console
+
     args = build_parser().parse_args(argv)
-    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("esegeta_monai").setLevel(level)
+    configure_console(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers, "manifest": _manifest,
                 "bundle-config": _bundle_config, "evaluate": _evaluate}[args.command](args)
     except EsegetaError as error:
         print(f"esegeta: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("esegeta: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":  # pragma: no cover

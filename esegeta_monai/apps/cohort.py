@@ -33,7 +33,7 @@ import torch
 from esegeta_monai import __version__
 from esegeta_monai.apps.config import RunConfig
 from esegeta_monai.apps.inputs import ImageInput, collect_inputs
-from esegeta_monai.core.targets import Target
+from esegeta_monai.core.targets import Target, split_targets
 from esegeta_monai.errors import BundleError, ConfigError, EsegetaError
 from esegeta_monai.jobs.atomic import remove_stale_temporaries
 from esegeta_monai.jobs.distributed import ProcessGroup, Ranks, torchrun_ranks
@@ -70,7 +70,12 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return all(record.ok for record in self.records)
+        """Every job of this run wrote its map (``empty`` targets count as not ok)."""
+        return not self.failures()
+
+    def failures(self, allow_empty: bool = False) -> list[Record]:
+        """The records that are not ok (``allow_empty``: an empty target is not a failure)."""
+        return [r for r in self.records if not r.ok and not (allow_empty and r.status == "empty")]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -122,9 +127,11 @@ class UnitRunner:
         self.options = config.run_options(self.device).updated(progress=window_progress)
         self.journal = Journal(self.out)
         self.suffix = WRITER_FORMATS[config.format][0]
+        self._warnings: list[str] = []
 
     def __call__(self, unit: Unit) -> Iterator[Record]:
         start = time.monotonic()
+        self._warnings = []
         if unit.error:
             yield from self._fail(unit, unit.jobs, unit.error, start)
             return
@@ -141,6 +148,10 @@ class UnitRunner:
             yield from self._fail(unit, jobs, error_text(error), start)
             return
         image = data[bundle.image_key]
+        unit_warnings = list(getattr(image, "meta", {}).get("esegeta_warnings") or [])
+        for warning in unit_warnings:
+            logger.warning("%s: %s", unit.image, warning)
+        self._warnings = unit_warnings
         targets: dict[str, Target] = {}
         for job in jobs:
             if job.target_name not in targets:
@@ -181,11 +192,12 @@ class UnitRunner:
     # -- records ----------------------------------------------------------------------------
     def _record(self, unit: Unit, job: Job, status: str, seconds: float, **fields: Any) -> Record:
         return job.record(status, seconds, class_name=self.bundle.class_names.get(job.target.class_index), run=self.run,
-                          inputs=unit.inputs, **fields)
+                          inputs=unit.inputs, warnings=list(self._warnings), **fields)
 
     def _failure(self, unit: Unit, job: Job, status: str, seconds: float, error: str | None) -> Record:
         record = self.journal.record_failure(self._record(unit, job, status, seconds, error=error), stale=self.out / job.path)
-        logger.error("%s %s %s: %s (%.1fs) — %s", unit.folder, job.method.label, job.target_name, status, seconds, record.error)
+        log = logger.warning if status == "empty" else logger.error
+        log("%s %s %s: %s (%.1fs) — %s", unit.folder, job.method.label, job.target_name, status, seconds, record.error)
         return record
 
     def _fail(self, unit: Unit, jobs: list[Job], error: str | None, start: float) -> Iterator[Record]:
@@ -259,6 +271,32 @@ def _common_key_parts(config: RunConfig, bundle: Bundle, window, digests: Digest
     }
 
 
+def _is_classifier(bundle: Bundle) -> bool:
+    return default_targets(bundle) == ["class:1"]
+
+
+def check_against_bundle(config: RunConfig, bundle: Bundle, targets: list[str], window) -> None:
+    """What can be known before the first job — targets against the bundle's outputs, windows and
+    output format against its dimensions — fails the run here (exit 2), not job by job."""
+    source = f"bundle {bundle.root}"
+    dims = bundle.spatial_dims
+    if window.roi_size is not None and dims is not None and len(window.roi_size) != dims:
+        raise ConfigError(f"roi_size {list(window.roi_size)} has {len(window.roi_size)} axes; {source} is {dims}D. "
+                          f"Fix: give {dims} window sizes, e.g. --roi-size {','.join(['96'] * dims)}")
+    if config.format == "png" and dims is not None and dims != 2:
+        raise ConfigError(f"--format png writes 2D maps; {source} is {dims}D. Fix: --format nifti or nrrd")
+    classifier = _is_classifier(bundle)
+    names = ", ".join(f"{i} {n}" for i, n in sorted(bundle.class_names.items())) or "none named"
+    for text in targets:
+        for spec in split_targets(text):
+            if classifier and spec.kind != "class":
+                raise ConfigError(f"target {text}: {source} is a classifier (one score per class, no spatial output), "
+                                  f"so {spec.kind}: has no region to explain. Fix: use class:{spec.class_index}")
+            if bundle.out_channels is not None and spec.class_index >= bundle.out_channels:
+                raise ConfigError(f"target {text}: class {spec.class_index} does not exist; {source} has "
+                                  f"{bundle.out_channels} output channel(s) (classes: {names})")
+
+
 def _run_info(config: RunConfig, bundle: Bundle, targets, window, ranks: Ranks | None) -> dict[str, Any]:
     return {
         "bundle": config.bundle or str(bundle.root), "out": str(config.out), "version": __version__,
@@ -292,6 +330,9 @@ def _run(config: RunConfig, given: Bundle | None, ranks: Ranks | None, group: Pr
     device = ranks.device(config.device) if ranks else str(resolve_device(config.device))
     bundle = given or load_bundle(config.bundle, weights=config.weights, extra_configs=config.bundle_configs, build_network=False)
     inputs = _inputs(config, bundle)
+    window = config.window_settings(bundle.window)
+    targets = list(config.targets) or default_targets(bundle)
+    check_against_bundle(config, bundle, targets, window)  # before anything is written
     out = check_output_dir(config.out)
     if ranks is None or ranks.local_rank == 0:
         remove_stale_temporaries(out)
@@ -299,8 +340,6 @@ def _run(config: RunConfig, given: Bundle | None, ranks: Ranks | None, group: Pr
     prior = journal.records()
     digests = DigestCache(entry for record in prior for entry in record.inputs)
     folders, target_names = previous_names(prior)
-    window = config.window_settings(bundle.window)
-    targets = list(config.targets) or default_targets(bundle)
     units = plan_units([i.image for i in inputs], config.methods, targets, _common_key_parts(config, bundle, window, digests),
                        WRITER_FORMATS[config.format][0], folders, target_names, digests, owned=ranks.owns if ranks else None)
     latest = journal.latest_by_path()

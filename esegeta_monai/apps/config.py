@@ -21,6 +21,7 @@ A run config is a YAML or JSON mapping; every key is optional::
     workers: 2            # worker processes (each loads the bundle once)
     devices: [cuda:0, cuda:1]   # one per worker, round robin (default: device)
     force: false          # recompute jobs a previous run finished (default: resume)
+    allow_empty: false    # an empty target (no voxel of the class) does not make the exit code 1
     verify: false         # on resume, compare every map's checksum (default: when its time stamp changed)
 
 Validation happens before anything runs; an error names the key and the allowed values.
@@ -43,7 +44,7 @@ from typing import Any
 import yaml
 
 from esegeta_monai.core.options import RunOptions
-from esegeta_monai.core.targets import TARGET_KINDS
+from esegeta_monai.core.targets import split_targets
 from esegeta_monai.core.windows import WindowSettings
 from esegeta_monai.errors import ConfigError, EsegetaError
 from esegeta_monai.maps import CHANNEL_REDUCTIONS
@@ -84,6 +85,7 @@ class RunConfig:
     devices: list[str] = field(default_factory=list)
     force: bool = False
     verify: bool = False
+    allow_empty: bool = False
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str = "run config") -> RunConfig:
@@ -118,9 +120,13 @@ class RunConfig:
             except EsegetaError as error:
                 raise ConfigError(f"{source}: methods: {error}") from None
         for target in self.targets:
-            kind = target.split(":", 1)[0].strip().lower()
-            if ":" not in target or kind not in TARGET_KINDS:
-                raise ConfigError(f"{source}: targets: {target!r} is not a target; kinds: " + "; ".join(TARGET_KINDS.values()))
+            try:
+                specs = split_targets(target)
+            except EsegetaError as error:
+                raise ConfigError(f"{source}: targets: {error}") from None
+            negative = [s.class_index for s in specs if s.class_index < 0]
+            if negative:
+                raise ConfigError(f"{source}: targets: {target!r}: class {negative[0]} is negative; classes count from 0")
         self.window_settings()
         try:
             self.run_options()
@@ -132,7 +138,7 @@ class RunConfig:
             raise ConfigError(f"{source}: format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"{source}: nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
-        for key in ("force", "verify"):
+        for key in ("force", "verify", "allow_empty"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{source}: {key} must be true or false, got {getattr(self, key)!r}")
         if not (isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers >= 1):
@@ -142,7 +148,9 @@ class RunConfig:
 
     def window_settings(self, base: WindowSettings | None = None) -> WindowSettings:
         """The run's window settings over ``base`` (the bundle's)."""
-        WindowSettings.from_mapping(self.window, "window")  # unknown keys and bad values fail here, named
+        settings = WindowSettings.from_mapping(self.window, "window")  # unknown keys and bad values fail here, named
+        if settings.roi_size is not None and any(v < 1 for v in settings.roi_size):
+            raise ConfigError(f"window.roi_size {list(settings.roi_size)}: window sizes must be ≥ 1 voxel")
         return (base or WindowSettings()).updated(**self.window)
 
     def run_options(self, device=None) -> RunOptions:
@@ -167,6 +175,9 @@ def _plain_options(resolved: dict[str, Any], given: dict[str, Any]) -> dict[str,
 def load_run_config(path: str | Path) -> RunConfig:
     """Read and validate a YAML or JSON run config."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"run config {path} is a folder; give the run config file itself (YAML or JSON), e.g. "
+                          "configs/vessel_demo.yaml")
     if not path.is_file():
         raise ConfigError(f"run config {path} does not exist")
     text = path.read_text()

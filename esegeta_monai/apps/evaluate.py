@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from esegeta_monai.errors import ConfigError
+from esegeta_monai.errors import ConfigError, TargetError
 from esegeta_monai.explainer import Explainer
 from esegeta_monai.jobs.atomic import atomic_path, atomic_write_json, atomic_write_text
 from esegeta_monai.jobs.naming import image_stem, unique_names
@@ -81,7 +81,12 @@ def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), wind
         data = load_for_explanation(image, bundle.preprocessing, bundle.image_key, expected_channels=bundle.in_channels,
                                     expected_spatial_dims=bundle.spatial_dims)
         x = data[bundle.image_key][None].as_tensor()
-        label = load_mask_like(labels[index], data[bundle.image_key]) if "localisation" in metrics else None
+        label = None
+        if "localisation" in metrics:  # a label of another grid is refused before any map is computed
+            try:
+                label = load_mask_like(labels[index], data[bundle.image_key])
+            except TargetError as error:
+                raise TargetError(f"--label {labels[index]} for --image {image}: {error}") from None
         for spec in methods:
             explainer = Explainer(bundle.network, spec.name, target, **window, **spec.options)
             try:

@@ -55,6 +55,9 @@ class Target(ABC):
     kind: str = ""
     #: whether ``weights`` reads the prediction (then a prediction pass is needed first)
     needs_prediction: bool = False
+    #: whether the target selects voxels of a spatial output (all but :class:`ClassScore`):
+    #: such a target refuses a classifier's output ``(B, K)``
+    spatial: bool = True
 
     def __init__(self, class_index: int):
         if not isinstance(class_index, (int, np.integer)) or isinstance(class_index, bool) or class_index < 0:
@@ -78,9 +81,22 @@ class Target(ABC):
         self.given_name = name
         return self
 
-    def _check_output(self, output: torch.Tensor) -> None:
+    @property
+    def empty_reason(self) -> str:
+        """Why the region may be empty, for :class:`~esegeta_monai.errors.EmptyTargetError`."""
+        return "no voxel of the output has a non-zero weight"
+
+    def check_output(self, output: torch.Tensor) -> None:
+        """Raise :class:`TargetError` if the target does not apply to ``output``: not
+        ``(B, K, ...)``, a class it lacks, or a spatial target on a classifier's ``(B, K)``."""
         if output.ndim < 2:
             raise TargetError(f"{self.name}: network output must be (B, K, ...), got shape {tuple(output.shape)}")
+        if self.spatial and output.ndim == 2:
+            raise TargetError(
+                f"{self.name}: the network returns one score vector per image (output shape {tuple(output.shape)}): "
+                f"a classifier has no spatial output, so the {self.kind}: target (a region of voxels) does not apply; "
+                f"explain a class score with class:C (e.g. class:{self.class_index})"
+            )
         if self.class_index >= output.shape[1]:
             raise TargetError(
                 f"{self.name}: class {self.class_index} does not exist, the network has "
@@ -96,7 +112,7 @@ class Target(ABC):
 
     def channel_weights(self, output: torch.Tensor) -> torch.Tensor:
         """The class channel of ``G``, shape ``(B, 1, *spatial)``; the other channels are zero."""
-        self._check_output(output)
+        self.check_output(output)
         with torch.no_grad():
             channel = self._class_weights(output.detach().float())
             fresh = torch.empty((output.shape[0], 1, *output.shape[2:]), dtype=torch.float32, device=output.device)
@@ -120,6 +136,7 @@ class ClassScore(Target):
     """Logit of class ``c`` of a classifier (output ``(B, K)``); summed over voxels if spatial."""
 
     kind = "class"
+    spatial = False
 
     def _class_weights(self, output):
         return torch.ones(output[:, 0].shape, device=output.device)
@@ -133,6 +150,10 @@ class ArgmaxRegion(Target):
 
     kind = "argmax"
     needs_prediction = True
+
+    @property
+    def empty_reason(self) -> str:
+        return f"no voxel is predicted as class {self.class_index} (argmax; with one output channel: logit > 0)"
 
     def _class_weights(self, output):
         if output.shape[1] == 1:
@@ -157,6 +178,10 @@ class OtsuRegion(Target):
 
     kind = "otsu"
     needs_prediction = True
+
+    @property
+    def empty_reason(self) -> str:
+        return f"the class-{self.class_index} map is constant (or not finite): no voxel lies above Otsu's threshold"
 
     def _class_weights(self, output):
         from skimage.filters import threshold_otsu
@@ -195,6 +220,12 @@ class MaskRegion(Target):
         if self.box is not None and any(len(pair) != 2 or pair[0] >= pair[1] for pair in self.box):
             raise TargetError(f"MaskRegion: box must be [(start, stop), ...] with start < stop per axis, got {box}")
         self.mask = _load_mask(mask) if isinstance(mask, (str, Path)) else mask
+
+    @property
+    def empty_reason(self) -> str:
+        if self.box is not None:
+            return f"the box {self.box} holds no voxel of the output grid"
+        return "the mask is zero everywhere on the output grid (resampled onto the network's grid)"
 
     @property
     def default_name(self) -> str:

@@ -4,8 +4,8 @@ A sliding-window prediction is ``y = Σ_p pad_p(w_p ⊙ f(crop_p x)) / W``. For 
 gradient ``G`` each window's share of it is ``w_p ⊙ crop_p(G / W)`` (DESIGN.md §2). A method hands
 :class:`WindowPass` a function of one window batch (``window_fn``) and gets the window results
 summed into the volume — exact for every method that is linear in the output gradient. Also here:
-the helpers every layer above shares (:func:`first_output`, :func:`frozen_eval`,
-:func:`amp_dtype`, :func:`with_meta_of`).
+the time budget of a call (:class:`Deadline`) and the helpers every layer above shares
+(:func:`first_output`, :func:`frozen_eval`, :func:`amp_dtype`, :func:`with_meta_of`).
 
 Example:
     >>> import torch
@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 from collections.abc import Callable, Sequence
 
@@ -28,7 +29,7 @@ from esegeta_monai.core.targets import Target
 from esegeta_monai.core.windows import WindowPlan, layer_affine, layer_grid
 from esegeta_monai.errors import InputError, MethodError, MethodTimeout
 
-__all__ = ["WindowPass", "WeightedOutput", "first_output", "frozen_eval", "amp_dtype", "with_meta_of"]
+__all__ = ["WindowPass", "WeightedOutput", "Deadline", "first_output", "frozen_eval", "amp_dtype", "with_meta_of"]
 
 
 def first_output(output):
@@ -63,21 +64,88 @@ def amp_dtype(device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.bfloat16
 
 
+class Deadline:
+    """A time budget of ``seconds`` from now: :meth:`check` raises
+    :class:`~esegeta_monai.errors.MethodTimeout` once it is spent, saying how long the call ran.
+
+    It is checked between window batches (:meth:`WindowPass.check_deadline`) and, while
+    :meth:`watching` a network, before every forward of it (a forward pre-hook): every method
+    calls the network's forward, so a call stops within one forward (and its backward) of
+    its budget whatever its internal batching (steps, samples, masks, perturbations).
+
+    Example:
+        >>> import torch
+        >>> deadline = Deadline(0.0, "saliency argmax1")
+        >>> net = torch.nn.Linear(2, 2)
+        >>> with deadline.watching(net):  # doctest: +ELLIPSIS
+        ...     net(torch.ones(1, 2))
+        Traceback (most recent call last):
+        ...
+        esegeta_monai.errors.MethodTimeout: saliency argmax1: time budget of 0 s exceeded after 0.00 s (at a network forward, ...)
+        >>> len(net._forward_pre_hooks)  # the hook is gone
+        0
+    """
+
+    def __init__(self, seconds: float, label: str = ""):
+        self.seconds = float(seconds)
+        self.label = label
+        self.start = time.monotonic()
+        self.at = self.start + self.seconds
+        #: where the call is, for the message of a timeout at a forward (set by the window pass)
+        self.stage = "before the window batches"
+
+    def check(self, where: str | None = None) -> None:
+        """Raise :class:`~esegeta_monai.errors.MethodTimeout` if the budget is spent (``where``:
+        what the message says the call was doing; default: at a forward, at :attr:`stage`)."""
+        now = time.monotonic()
+        if now >= self.at:
+            where = where or f"at a network forward, {self.stage}"
+            spent = now - self.start
+            raise MethodTimeout(f"{self.label}: time budget of {self.seconds:g} s exceeded after {spent:.2f} s ({where})")
+
+    @contextlib.contextmanager
+    def watching(self, network: torch.nn.Module):
+        """While active, every forward of ``network`` first checks the budget (a forward
+        pre-hook, removed on exit, also on error; the network is left as it was). Only forwards
+        in the calling thread are checked: another thread explaining with the same network keeps
+        its own budget. A TorchScript module runs no Python hooks: it is checked at the forwards
+        of :class:`WeightedOutput` (the Captum-driven methods) and between window batches only."""
+        owner = threading.get_ident()
+
+        def hook(_module, _args):
+            if threading.get_ident() == owner:
+                self.check()
+
+        try:
+            handle = network.register_forward_pre_hook(hook)
+        except (RuntimeError, AttributeError, TypeError):  # pragma: no cover - modules that refuse hooks
+            handle = None
+        try:
+            yield self
+        finally:
+            if handle is not None:
+                handle.remove()
+
+
 class WeightedOutput(torch.nn.Module):
     """``x, C -> Σ_spatial net(x)[:, c] ⊙ C``: one scalar per window, what Captum attributes.
 
     ``C`` holds the weights of the target's class channel ``c`` only (the other channels'
     weights are zero). The forward runs under autocast when ``amp`` is set; the product is
-    taken in float32.
+    taken in float32. A ``deadline`` is checked before each forward (for networks that run
+    no Python hooks, see :meth:`Deadline.watching`).
     """
 
-    def __init__(self, network: torch.nn.Module, channel: int, amp: bool = False):
+    def __init__(self, network: torch.nn.Module, channel: int, amp: bool = False, deadline: Deadline | None = None):
         super().__init__()
         self.network = network
         self.channel = int(channel)
         self.amp = amp
+        self.deadline = deadline
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        if self.deadline is not None:
+            self.deadline.check()
         with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=self.amp):
             output = first_output(self.network(x))
         return (output[:, self.channel : self.channel + 1].float() * weight).flatten(1).sum(1)
@@ -98,6 +166,9 @@ class WindowPass:
     ``resolution="layer"``): they are then blended on that grid (:func:`layer_grid`), and
     ``scale`` records the factor per axis (input voxels per map voxel; ones when the results
     are on the input grid, None before any window ran).
+
+    ``deadline`` (a :class:`Deadline`, or a ``time.monotonic()`` instant) is checked before
+    each window batch; the caller may also have it watch the network's forwards.
     """
 
     def __init__(
@@ -109,7 +180,7 @@ class WindowPass:
         sw_batch_size: int = 1,
         local: bool = False,
         progress: bool = False,
-        deadline: float | None = None,
+        deadline: Deadline | float | None = None,
         label: str = "",
     ):
         self.module = module
@@ -119,6 +190,8 @@ class WindowPass:
         self.sw_batch_size = max(int(sw_batch_size), 1)
         self.local = local
         self.progress = progress
+        if deadline is not None and not isinstance(deadline, Deadline):  # a time.monotonic() instant
+            deadline = Deadline(float(deadline) - time.monotonic(), label)
         self.deadline = deadline
         self.label = label
         self.windows_run = 0
@@ -138,13 +211,18 @@ class WindowPass:
         return self._active[batch]
 
     def _groups(self, pairs):
-        size = len(pairs) if self.plan.single else self.sw_batch_size
+        """Window batches of ``sw_batch_size`` pairs (all pairs at once for a single window);
+        none when no pair reaches the target (never an empty batch)."""
+        size = max(len(pairs), 1) if self.plan.single else self.sw_batch_size
         for start in range(0, len(pairs), size):
             yield pairs[start : start + size]
 
     def check_deadline(self, done: int, total: int) -> None:
-        if self.deadline is not None and time.monotonic() > self.deadline:
-            raise MethodTimeout(f"{self.label}: time budget exceeded after {done}/{total} window batches")
+        """Before window batch ``done`` (of ``total``): raise
+        :class:`~esegeta_monai.errors.MethodTimeout` if the budget is spent."""
+        if self.deadline is not None:
+            self.deadline.check(f"{done}/{total} window batches done")
+            self.deadline.stage = f"{done}/{total} window batches done"
 
     def linear(self, inputs: torch.Tensor, window_fn: WindowFn, window_tensors: dict[str, torch.Tensor] | None = None,
                blend: bool = False):

@@ -17,6 +17,7 @@ those, in batches of ``sw_batch_size``.
 Example:
     >>> import torch
     >>> from esegeta_monai import Explainer
+    >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Conv3d(1, 2, 3, padding=1)
     >>> x = torch.rand(1, 1, 24, 24, 24)
     >>> attr = Explainer(net, "occlusion", "argmax:1", roi_size=(12, 12, 12), overlap=0.5,

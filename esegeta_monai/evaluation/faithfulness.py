@@ -12,6 +12,7 @@ sliding windows only the windows an image changes are re-run.
 Example:
     >>> import torch
     >>> from esegeta_monai import Explainer
+    >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Conv2d(1, 2, 3, padding=1)
     >>> x = torch.rand(1, 1, 16, 16)
     >>> explainer = Explainer(net, "saliency", "argmax:1")

@@ -16,6 +16,7 @@ and the seed with the value. Defaults: 16 perturbations for infidelity, 10 for s
 Example:
     >>> import torch
     >>> from esegeta_monai import Explainer
+    >>> _ = torch.manual_seed(0)
     >>> explainer = Explainer(torch.nn.Conv2d(1, 2, 3, padding=1), "saliency", "argmax:1", abs=False)
     >>> x = torch.rand(1, 1, 12, 12)
     >>> result = infidelity(explainer, x, explainer(x), n_samples=4)

@@ -99,7 +99,7 @@ class Journal:
     def locked(self) -> Iterator[int]:
         """The journal's file descriptor, opened for appending and exclusively locked."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies, as to every output
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield fd

@@ -6,7 +6,7 @@ Example:
     >>> records = [Record("a", "saliency", "argmax1", "ok", 2.0), Record("b", "saliency", "argmax1", "failed", 1.0)]
     >>> summary = summarise(records, skipped=3)
     >>> summary["counts"], summary["methods"]["saliency"]["mean_seconds"]
-    ({'ok': 1, 'failed': 1, 'timeout': 0, 'skipped': 3}, 2.0)
+    ({'ok': 1, 'failed': 1, 'timeout': 0, 'empty': 0, 'skipped': 3}, 2.0)
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
     lines = [head]
     if summary["methods"]:
         width = max(len(m) for m in summary["methods"])
-        lines.append(f"  {'method'.ljust(width)}  {'ok':>4} {'failed':>6} {'timeout':>7}  s/job")
+        lines.append(f"  {'method'.ljust(width)}  {'ok':>4} {'failed':>6} {'timeout':>7} {'empty':>5}  s/job")
         for method, row in summary["methods"].items():
             mean = f"{row['mean_seconds']:.2f}" if row["mean_seconds"] is not None else "-"
-            lines.append(f"  {method.ljust(width)}  {row['ok']:>4} {row['failed']:>6} {row['timeout']:>7}  {mean}")
+            lines.append(f"  {method.ljust(width)}  {row['ok']:>4} {row['failed']:>6} {row['timeout']:>7} {row['empty']:>5}  {mean}")
     return lines

@@ -24,8 +24,9 @@ from typing import Any
 
 __all__ = ["Record", "STATUSES", "FINISHED_OK", "now_iso", "worker_name"]
 
-#: the outcomes of a job; ``ok`` is the only one a rerun skips
-STATUSES = ("ok", "failed", "timeout")
+#: the outcomes of a job; ``ok`` is the only one a rerun skips. ``empty``: the target's region is
+#: empty on this image (e.g. no voxel predicted as the class), so no map was written
+STATUSES = ("ok", "failed", "timeout", "empty")
 FINISHED_OK = "ok"
 
 
@@ -51,12 +52,13 @@ class Record:
     image: str | None  #: the input as given (a file path), or an identity for in-memory inputs
     method: str  #: the method's output label (its ``as:`` name, else its name)
     target: str  #: the target's name in file names, e.g. ``argmax1``
-    status: str  #: ``ok``, ``failed`` or ``timeout``
+    status: str  #: ``ok``, ``failed``, ``timeout`` or ``empty``
     seconds: float = 0.0
     output: str | None = None  #: the map's path as the run wrote it (output folder joined), when ok
     error: str | None = None
     class_name: str | None = None
     report: dict[str, Any] | None = None  #: what a method reports besides its map (a surrogate's R²)
+    warnings: list[str] = field(default_factory=list)  #: what the reader of the map must know (e.g. a header fixed)
     key: str | None = None  #: the job's key (:func:`esegeta_monai.jobs.fingerprint.job_key`)
     path: str | None = None  #: the map's path relative to the output folder: the job's slot
     method_name: str | None = None

@@ -60,12 +60,20 @@ def _error_text(error: BaseException) -> str:
 def _worker_main(spec: WorkerSpec, factory: Callable, tasks, events) -> None:  # pragma: no cover - in a child process
     import torch
 
-    logging.basicConfig(level=spec.log_level, format=f"%(levelname)s [worker {spec.index}] %(name)s: %(message)s")
-    logging.getLogger("esegeta_monai").setLevel(spec.log_level)
+    from esegeta_monai.jobs.console import configure_console
+
+    configure_console(spec.log_level, prefix=f"[worker {spec.index}] ")
     torch.set_num_threads(spec.threads)
     try:
+        _serve(spec, factory, tasks, events)
+    except KeyboardInterrupt:  # Ctrl-C reaches the whole process group: the parent reports it, once
+        pass
+
+
+def _serve(spec: WorkerSpec, factory: Callable, tasks, events) -> None:  # pragma: no cover - in a child process
+    try:
         execute = factory(spec.device)
-    except BaseException as error:
+    except Exception as error:
         logger.debug("worker %d could not start", spec.index, exc_info=True)
         events.send(("init_failed", spec.index, _error_text(error)))
         return
@@ -79,7 +87,7 @@ def _worker_main(spec: WorkerSpec, factory: Callable, tasks, events) -> None:  #
         try:
             for record in execute(unit):
                 events.send(("record", spec.index, (index, record)))
-        except BaseException as error:  # a bug in the executor: the parent records the unit's other jobs
+        except Exception as error:  # a bug in the executor: the parent records the unit's other jobs
             logger.error("worker %d: %s", spec.index, traceback.format_exc())
             events.send(("unit_failed", spec.index, (index, _error_text(error))))
         events.send(("done", spec.index, index))

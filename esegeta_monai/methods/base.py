@@ -83,6 +83,9 @@ class Method:
     amp_note: str = ""
     #: whether an image's map depends on the other images of its batch (feature permutation)
     batch_dependent: bool = False
+    #: whether the map depends on the target (False: visualisation, which ignores it); an empty
+    #: target region is refused only for methods that read the target
+    reads_target: bool = True
 
     def validate(self, options: dict[str, Any] | None) -> dict[str, Any]:
         """Return the options with defaults filled in; raise :class:`MethodError` on any

@@ -38,7 +38,7 @@ from esegeta_monai.core.window_pass import amp_dtype
 from esegeta_monai.errors import MethodError
 from esegeta_monai.methods.base import Method, Param, is_bool, non_negative_number, one_of, positive_int
 from esegeta_monai.methods.cam import LAYER, RESOLUTION, NeedsLayer, find_layer, to_resolution
-from esegeta_monai.methods.gradient import BASELINES, INTERNAL_BATCH, MULTIPLY_BY_INPUTS
+from esegeta_monai.methods.gradient import BASELINES, INTERNAL_BATCH, MULTIPLY_BY_INPUTS, captum_steps
 from esegeta_monai.methods.registry import register
 
 __all__ = ["CaptumLayerMethod", "LayerObjective", "layer_map", "reduce_channels"]
@@ -82,8 +82,9 @@ class CaptumLayerMethod(NeedsLayer, Method):
     def run(self, window_pass, inputs, options):
         layer = find_layer(window_pass.module.network, options["layer"])  # once, and before any window
         tensors = {k: options[k] for k in self.window_tensors if torch.is_tensor(options.get(k))}
-        return window_pass.linear(inputs, lambda module, x, weight, crops: self.window_map(module, layer, x, weight, options, crops),
-                                  window_tensors=tensors, blend=True)
+        with captum_steps(window_pass, options):  # the path methods' Gauss–Legendre rule, within the time budget
+            return window_pass.linear(inputs, lambda module, x, weight, crops: self.window_map(module, layer, x, weight, options, crops),
+                                      window_tensors=tensors, blend=True)
 
     def window_map(self, module, layer, x, weight, options, crops):
         init = {k: options[k] for k in self.init_params}

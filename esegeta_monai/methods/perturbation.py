@@ -18,6 +18,7 @@ grid; a feature spans all channels.
 Example:
     >>> import torch
     >>> from esegeta_monai import Explainer
+    >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
     >>> Explainer(net, "feature_ablation", "argmax:1", features="grid", block=(4, 4))(torch.rand(1, 1, 8, 8)).shape
     torch.Size([1, 1, 8, 8])

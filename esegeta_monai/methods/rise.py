@@ -21,6 +21,7 @@ of a batch, so a map does not depend on its batch.
 Example:
     >>> import torch
     >>> from esegeta_monai import Explainer
+    >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
     >>> Explainer(net, "rise", "argmax:1", n_masks=8, cells=4)(torch.rand(1, 1, 16, 16)).shape
     torch.Size([1, 1, 16, 16])

@@ -29,6 +29,7 @@ batch; the global torch generator is restored afterwards).
 Example:
     >>> import torch
     >>> from esegeta_monai import Explainer
+    >>> _ = torch.manual_seed(0)
     >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3, padding=1))
     >>> explainer = Explainer(net, "kernel_shap", "argmax:1", features="grid", block=(4, 4), n_samples=40)
     >>> explainer(torch.rand(1, 1, 8, 8)).shape, explainer.method.last_report["n_samples"]

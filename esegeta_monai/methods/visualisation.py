@@ -486,6 +486,7 @@ class VisualisationMethod(NeedsLayer, Method):
 
     family = "visualisation"
     library = "esegeta"
+    reads_target = False  # an empty target region is not refused: the target is ignored
     history: torch.Tensor | None = None
 
     def progress(self, window_pass, total: int):

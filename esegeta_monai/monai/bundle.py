@@ -122,8 +122,8 @@ def _find_configs(root: Path, config_file: Any) -> list[Path]:
         if not configs.is_dir():
             raise BundleError(
                 f"{root}: no configs/ folder. A MONAI bundle keeps its inference config in "
-                f"configs/inference.json (or .yaml). Fix: point to the bundle folder itself (the one that "
-                "contains configs/ and models/), or pass config_file=/--config"
+                f"configs/inference.json (or .yaml). Fix: give the bundle folder itself (--bundle: the folder "
+                "that contains configs/ and models/)"
             )
         for name in INFERENCE_CONFIG_NAMES:
             if (configs / name).is_file():
@@ -131,7 +131,7 @@ def _find_configs(root: Path, config_file: Any) -> list[Path]:
         present = sorted(p.name for p in configs.iterdir() if p.is_file())
         raise BundleError(
             f"{configs}: no inference config ({', '.join(INFERENCE_CONFIG_NAMES)}); found {present or 'nothing'}. "
-            "Fix: pass the config to use with config_file=/--config"
+            "Fix: name it configs/inference.json (or .yaml), or in Python pass load_bundle(..., config_file=NAME)"
         )
     names = [config_file] if isinstance(config_file, (str, os.PathLike)) else list(config_file)
     found = []
@@ -324,6 +324,9 @@ def _is_cuda_error(exc: BaseException) -> bool:
     )
 
 
+_MISSING_REFERENCE = re.compile(r"referring item `@([^`]+)` is not defined")
+
+
 def _explain_failure(
     parser: ConfigParser, raw_config: dict, key: str, exc: BaseException, cfg: str, purpose: str
 ) -> BundleError:
@@ -416,6 +419,14 @@ def _explain_failure(
             f"GPU, or override `{culprit}` so that it uses the CPU{sub}"
         )
     telling = _telling(chain)
+    missing = next((m for e in chain if (m := _MISSING_REFERENCE.search(str(e)))), None)
+    if missing is not None:
+        name = missing.group(1)
+        example = ' (the network: "network_def": {"_target_": "UNet", ...})' if name in ("network_def", "network") else ""
+        return BundleError(
+            f"{cfg}: cannot build {purpose}: `{key}` refers to `@{name}`, which the config does not define. "
+            f"Fix: add `{name}` to {cfg}{example}, or give `{key}` without that reference"
+        )
     optional = next((e for e in chain if type(e).__name__ == "OptionalImportError"), None)
     if optional is not None:
         found = re.search(r"package `([^`]+)`", str(optional))

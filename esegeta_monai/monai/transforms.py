@@ -18,6 +18,7 @@ Example:
     >>> from monai.inferers import SlidingWindowInferer
     >>> from monai.networks.nets import UNet
     >>> from esegeta_monai.monai.transforms import Explaind
+    >>> _ = torch.manual_seed(0)
     >>> net = UNet(3, 2, 2, (4, 8), (2,), num_res_units=0).eval()
     >>> explain = Explaind("image", net, methods=["saliency", {"name": "integrated_gradients", "n_steps": 4}],
     ...                    targets="argmax:1", inferer=SlidingWindowInferer((16, 16, 16), overlap=0.25))
@@ -146,6 +147,7 @@ class Explain(ExplainSettings, Transform):
     Example:
         >>> import torch
         >>> from esegeta_monai.monai.transforms import Explain
+        >>> _ = torch.manual_seed(0)
         >>> net = torch.nn.Conv2d(3, 2, 3, padding=1)
         >>> Explain(net, "saliency", "argmax:1", channel_reduce="none")(torch.rand(3, 16, 16)).shape
         torch.Size([3, 16, 16])

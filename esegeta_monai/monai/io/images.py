@@ -24,20 +24,26 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged
 
 from esegeta_monai.errors import InputError
+from esegeta_monai.monai.io.geometry import NiftiGeometry, affine_problem, nifti_geometry, same_affine
 from esegeta_monai.monai.io.readers import add_reader_to
 
-__all__ = ["load_for_explanation", "default_preprocessing", "loading_prefix_length", "NAN_POLICIES"]
+__all__ = ["load_for_explanation", "default_preprocessing", "loading_prefix_length", "NAN_POLICIES", "WARNINGS_KEY"]
 
 logger = logging.getLogger(__name__)
 
 #: Accepted values of ``nan_policy``: ``"error"`` refuses images with NaN/Inf voxels, ``"zero"``
 #: replaces them by 0 (with a warning).
 NAN_POLICIES = ("error", "zero")
+
+#: the key of ``data[image_key].meta`` that holds the warnings about the input (a list of strings,
+#: e.g. a NIfTI sform that disagrees with its qform), for the job's record
+WARNINGS_KEY = "esegeta_warnings"
 
 _LOADERS = (LoadImaged, EnsureChannelFirstd)
 
@@ -115,19 +121,75 @@ def _check_image(
             "`image.slicer`), or use a model made for this dimensionality"
         )
     if expected_channels is not None and shape[0] != expected_channels:
-        hint = (
-            "a 4D file (e.g. a time series or several modalities in the last axis) is read as channels: "
-            f"extract the {expected_channels}-channel volume the model was trained on"
-            if shape[0] > expected_channels
-            else f"stack the {expected_channels} input channels (modalities) into one file along the last axis"
-        )
+        hint = _channel_hint(shape[0], spatial, expected_channels)
         raise InputError(
             f"{path}: {stage} the image has {shape[0]} channel(s) (shape {shape}{on_disk}); the model "
             f"expects {expected_channels}. Fix: {hint}"
         )
 
 
-def _handle_nonfinite(img: torch.Tensor, path: Path, nan_policy: str, stage: str) -> None:
+def _channel_hint(channels: int, spatial: int, expected: int) -> str:
+    """How to give the model the number of channels it expects, for an image read with ``channels``."""
+    if spatial == 2 and channels in (3, 4) and expected in (1, 3):
+        colour = "RGB" if channels == 3 else "RGBA"
+        if expected == 1:
+            return (f"this is a colour ({colour}) 2D image, read as {channels} channels: convert it to grey levels "
+                    "(e.g. with Pillow: Image.open(path).convert('L').save(new_path)), or use a bundle whose "
+                    "network expects 3 channels (colour images)")
+        return ("this is an RGBA 2D image, read as 4 channels (colour and transparency): drop the alpha channel "
+                "(e.g. with Pillow: Image.open(path).convert('RGB').save(new_path))")
+    if spatial == 2 and channels == 1 and expected == 3:
+        return ("this is a grey-level 2D image; the network expects a colour (RGB) image: convert it (e.g. with "
+                "Pillow: Image.open(path).convert('RGB').save(new_path)), or use a bundle made for grey images")
+    if channels > expected:
+        return ("a 4D file (e.g. a time series or several modalities in the last axis) is read as channels: "
+                f"extract the {expected}-channel volume the model was trained on")
+    return f"stack the {expected} input channels (modalities) into one file along the last axis"
+
+
+def _align_with_file(img: Any, geometry: NiftiGeometry | None, path: Path, notes: list[str], can_fix: bool) -> None:
+    """Check the loaded image's affine against the file's (nibabel's) and make it the file's.
+
+    MONAI's ``NibabelReader`` silently replaces a sform whose voxel sizes differ from ``pixdim`` (a
+    sheared sform, or one that disagrees with the qform) by the qform or by ``pixdim`` alone: the
+    loaded image then lies elsewhere than the file says. Right after loading (``can_fix``), the
+    file's affine is put back; after a whole preprocessing, the image is refused.
+    """
+    if not isinstance(img, MetaTensor):
+        return
+    original = img.meta.get("original_affine")
+    if original is None:
+        return
+    if geometry is None:
+        problem = affine_problem(np.asarray(original, dtype=np.float64))
+        if problem:
+            raise InputError(
+                f"{path}: the reader gives this image an affine (voxel-to-world matrix) that {problem}, so no map "
+                "of it could be aligned with it. Fix: repair the file's geometry (origin, spacing, direction) "
+                "and check the scan in a viewer"
+            )
+        return
+    if same_affine(original, geometry.affine):
+        return
+    if not can_fix or not same_affine(img.affine, original):
+        raise InputError(
+            f"{path}: the preprocessing's reader places the scan with an affine that differs from the file's "
+            f"header as nibabel reads it (its {geometry.source}; MONAI's NibabelReader replaces a sform whose voxel "
+            "sizes differ from pixdim). A map would be misaligned. Fix: make the sform and qform of the header "
+            "agree, or start the preprocessing with LoadImaged + EnsureChannelFirstd (then the file's affine is used)"
+        )
+    from monai.data.utils import to_affine_nd
+
+    rank = int(img.affine.shape[-1]) - 1
+    affine = to_affine_nd(rank, geometry.affine)
+    img.affine = torch.as_tensor(affine, dtype=torch.float64)
+    img.meta["original_affine"] = affine
+    if not notes:
+        notes.append(f"{path}: MONAI's reader replaced the header's sform by another affine (its voxel sizes differ "
+                     "from pixdim); the sform is used, as nibabel reads it")
+
+
+def _handle_nonfinite(img: torch.Tensor, path: Path, nan_policy: str, stage: str, notes: list[str] | None = None) -> None:
     finite = torch.isfinite(img)
     if bool(finite.all()):
         return
@@ -136,6 +198,8 @@ def _handle_nonfinite(img: torch.Tensor, path: Path, nan_policy: str, stage: str
     n_inf = bad - n_nan
     if nan_policy == "zero":
         logger.warning("%s: replacing %d NaN and %d Inf voxel(s) by 0 (nan_policy='zero')", path, n_nan, n_inf)
+        if notes is not None:
+            notes.append(f"{path}: {n_nan} NaN and {n_inf} Inf voxel(s) replaced by 0 (nan_policy='zero')")
         with torch.no_grad():
             img.masked_fill_(~finite, 0)  # in place: keeps the MetaTensor's meta and applied_operations
         return
@@ -174,10 +238,15 @@ def load_for_explanation(
     Returns:
         The data dict after the preprocessing. ``data[image_key]`` is a ``MetaTensor``
         ``(C, *spatial)`` with ``meta`` and ``applied_operations``, ready for inversion by
-        :func:`esegeta_monai.monai.io.save_attribution`.
+        :func:`esegeta_monai.monai.io.save_attribution`. Its ``meta["esegeta_warnings"]``
+        (:data:`WARNINGS_KEY`) lists what the record of a map should say about the input (e.g. a
+        NIfTI sform and qform that disagree: the sform is used, as nibabel reads it; NaN voxels
+        replaced); an empty list when there is nothing to say.
 
     Raises:
-        InputError: missing file, unreadable or corrupt file, wrong number of spatial dimensions
+        InputError: missing file, unreadable or corrupt file, a NIfTI header whose geometry is not
+            usable (a non-finite, all-zero or singular sform or qform, checked before anything is
+            computed; :mod:`esegeta_monai.monai.io.geometry`), wrong number of spatial dimensions
             or channels, non-finite voxels (each message names the file and the fix).
     """
     if nan_policy not in NAN_POLICIES:
@@ -185,6 +254,8 @@ def load_for_explanation(
     path = Path(path).expanduser()
     if not path.exists():
         raise InputError(f"{path}: no such file. Fix: check the path (it is resolved from {Path.cwd()})")
+    geometry = nifti_geometry(path)  # a broken NIfTI header is refused before any reading or computation
+    notes: list[str] = list(geometry.warnings) if geometry is not None else []
     if preprocessing is None:
         preprocessing = default_preprocessing(image_key)
     add_reader_to(preprocessing)  # MHA, NRRD, DICOM through SimpleITK when no other reader takes them
@@ -208,7 +279,8 @@ def load_for_explanation(
             ) from e
         img = data.get(image_key) if isinstance(data, Mapping) else None
         _check_image(img, path, "after loading,", expected_channels, expected_spatial_dims)
-        _handle_nonfinite(img, path, nan_policy, "after loading,")
+        _align_with_file(img, geometry, path, notes, can_fix=True)
+        _handle_nonfinite(img, path, nan_policy, "after loading,", notes)
         try:
             if n_load < len(preprocessing.transforms):
                 data = preprocessing(data, start=n_load)
@@ -229,7 +301,7 @@ def load_for_explanation(
                 "is complete and opens in another viewer, and that it is of the kind the bundle expects"
             ) from e
         if isinstance(data, Mapping) and isinstance(data.get(image_key), torch.Tensor):
-            _handle_nonfinite(data[image_key], path, nan_policy, "after preprocessing,")
+            _handle_nonfinite(data[image_key], path, nan_policy, "after preprocessing,", notes)
 
     if isinstance(data, (list, tuple)):
         raise InputError(
@@ -257,4 +329,9 @@ def load_for_explanation(
             "Fix: check the intensity transforms of the preprocessing (e.g. a normalisation of a "
             "constant image)"
         )
+    if not n_load:
+        _align_with_file(img, geometry, path, notes, can_fix=False)
+    for note in notes:
+        logger.warning("%s", note)
+    img.meta[WARNINGS_KEY] = notes
     return dict(data)

@@ -8,6 +8,15 @@ float32 with the input's affine (sform and qform codes 1, which ITK and Slicer r
 that NIfTI converted by SimpleITK (the same geometry); PNG holds a 2D map scaled to 16 bits with
 its value range (:mod:`esegeta_monai.monai.io.png`).
 
+A map is never written on another geometry than the input's: before writing, its affine and
+shape are compared with the input file's (for NIfTI, the affine as nibabel reads it and the
+file's shape; for other formats, the reader's original affine and spatial shape), and after
+writing the file is read back and compared again; a difference beyond 1e-4 mm raises an
+``OutputError`` and leaves nothing behind. A one-channel map keeps every axis of the input,
+single-slice ones included (``(96, 96, 1)`` stays 3D). When a NIfTI input's sform and qform
+disagree, the map gets both (the sform as its affine, the input's qform as its qform), so that
+nibabel and ITK/3D Slicer each place it exactly where they place the scan.
+
 Writing is atomic (:mod:`esegeta_monai.jobs.atomic`): the file is written under a temporary name
 in the output folder and moved to its final name, so an interrupted run never leaves a
 half-written map behind. ``publish=`` hands that last move to the caller (the cohort runner moves
@@ -35,16 +44,18 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import nibabel as nib
 import numpy as np
 import torch
 from monai.data import MetaTensor, NibabelWriter
-from monai.data.utils import to_affine_nd
+from monai.data.utils import orientation_ras_lps, to_affine_nd
 from monai.transforms import Invertd, SpatialResample
 from monai.transforms.inverse import InvertibleTransform
 
 from esegeta_monai.errors import EsegetaError, InputError, OutputError
 from esegeta_monai.jobs.atomic import Publish, atomic_path, temporary_path
 from esegeta_monai.maps import CHANNEL_REDUCTIONS, check_channel_reduce, reduce_channels
+from esegeta_monai.monai.io.geometry import expected_geometry, is_sheared, same_affine
 from esegeta_monai.monai.io.png import write_png_map
 
 __all__ = ["save_attribution", "write_map", "check_output_dir", "CHANNEL_REDUCTIONS", "WRITER_FORMATS"]
@@ -172,21 +183,97 @@ def _to_original_grid(inv: MetaTensor, meta: Mapping) -> MetaTensor:
     return out if isinstance(out, MetaTensor) else MetaTensor(out, affine=target_affine)
 
 
-def _write_nifti(array: torch.Tensor, affine: torch.Tensor, filename: Path) -> None:
-    """Write ``(C, *spatial)`` as float32 NIfTI with ``affine`` (sform/qform code 1)."""
+def _write_nifti(array: torch.Tensor, affine: torch.Tensor, filename: Path, qform: np.ndarray | None = None) -> None:
+    """Write ``(C, *spatial)`` as float32 NIfTI with ``affine`` (sform code 1; qform code 1, from
+    ``qform`` when given, else from ``affine``).
+
+    A one-channel map has exactly the map's spatial shape, single-slice axes included ((X, Y, 1)
+    stays 3D); several channels go last: ``(X, Y, Z, C)``, or ``(X, Y, 1, C)`` for 2D maps.
+    """
     spatial = array.ndim - 1
+    shape = tuple(int(s) for s in array.shape[1:])
     if spatial < 3:  # NIfTI is 3D: 2D maps get a singleton third axis and a 4x4 affine
         array = array.reshape(*array.shape, *([1] * (3 - spatial)))
-    affine4 = to_affine_nd(3, affine.numpy())
+    affine4 = to_affine_nd(3, np.asarray(affine, dtype=np.float64))
     writer = NibabelWriter(output_dtype=np.float32)
-    # squeezed after set_metadata: MONAI's resampling check fails on 2D-shaped channel-last arrays
-    writer.set_data_array(array.numpy(), channel_dim=0, squeeze_end_dims=False)
+    # reshaped after set_metadata: MONAI's resampling check fails on 2D-shaped channel-last arrays
+    writer.set_data_array(array.numpy(), channel_dim=0, squeeze_end_dims=False)  # channels last: (X, Y, Z, C)
     writer.set_metadata({"affine": affine4, "original_affine": affine4}, resample=False)
     data = np.asarray(writer.data_obj)
-    while data.ndim > 2 and data.shape[-1] == 1:  # (X, Y, Z, 1) -> (X, Y, Z); (X, Y, 1, 1) -> (X, Y)
-        data = data[..., 0]
+    if array.shape[0] == 1:
+        data = data.reshape(shape)  # the channel (and a 2D map's added axis) only: never a spatial axis of size 1
     writer.data_obj = data
-    writer.write(str(filename), verbose=False)
+    writer.write(str(filename), verbose=False)  # sform and qform from affine4, codes 1 (ITK and 3D Slicer read them)
+    if qform is not None:  # the input's own qform (it disagrees with its sform): rewritten in the header
+        written = nib.load(str(filename))
+        image = nib.Nifti1Image(np.asarray(written.dataobj), affine4, written.header)
+        image.set_sform(affine4, code=1)
+        image.set_qform(to_affine_nd(3, np.asarray(qform, dtype=np.float64)), code=1)
+        nib.save(image, str(filename))
+
+
+def _describe_affine(affine: np.ndarray) -> str:
+    return np.array2string(np.asarray(affine, dtype=np.float64)[:3], precision=4, suppress_small=True,
+                           separator=", ").replace("\n", "")
+
+
+def _geometry_error(out_path: Path, affine, shape, expected_affine, expected_shape, source: str, what: str) -> OutputError | None:
+    """An :class:`OutputError` if ``affine``/``shape`` (of the map, ``what``) are not the expected
+    ones, else ``None``."""
+    if expected_shape is not None and tuple(shape) != tuple(expected_shape):
+        return OutputError(
+            f"{out_path}: {what} has the spatial shape {tuple(shape)}, the input {tuple(expected_shape)}: the map would "
+            "not lie on the input's grid, so it was not written. Fix: pass the data dict returned by "
+            "load_for_explanation together with the same preprocessing"
+        )
+    if expected_affine is not None and not same_affine(affine, expected_affine):
+        return OutputError(
+            f"{out_path}: {what} has the affine {_describe_affine(to_affine_nd(3, np.asarray(affine, np.float64)))}, which "
+            f"differs from {source} {_describe_affine(to_affine_nd(3, np.asarray(expected_affine, np.float64)))}: the "
+            "map would not be aligned with the input, so it was not written. Fix: if the input file changed since "
+            "it was loaded, run again; otherwise load the image with load_for_explanation and pass the same "
+            "preprocessing to save_attribution"
+        )
+    return None
+
+
+def _verify_written(path: Path, writer_format: str, channels: int, expected_affine, expected_shape, source: str,
+                    out_path: Path) -> None:
+    """Read back the geometry of the file just written and raise :class:`OutputError` if it is not
+    the expected one (a writer that loses or changes the geometry never publishes a map)."""
+    spatial = len(expected_shape) if expected_shape is not None else None
+    if writer_format == "nifti":
+        written = nib.load(str(path))
+        shape, affine = tuple(int(s) for s in written.shape), np.asarray(written.affine, dtype=np.float64)
+        if spatial is not None and channels == 1 and len(shape) != spatial:
+            shape = shape + (-1,)  # a lost or added axis is a shape error
+    elif writer_format == "nrrd":
+        import SimpleITK as sitk
+
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+        dim = reader.GetDimension()
+        lps = np.eye(dim + 1)
+        lps[:dim, :dim] = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim) @ np.diag(reader.GetSpacing())
+        lps[:dim, dim] = reader.GetOrigin()
+        affine, shape = orientation_ras_lps(lps), tuple(int(s) for s in reader.GetSize())
+        rank = min(dim, spatial or dim)
+        affine = to_affine_nd(rank, affine)
+        expected_affine = None if expected_affine is None else to_affine_nd(rank, np.asarray(expected_affine, np.float64))
+    else:  # PNG: no geometry, its width and height only
+        from PIL import Image
+
+        with Image.open(path) as image:
+            shape, affine, expected_affine = tuple(image.size), None, None
+    if spatial is not None:
+        shape = shape[:spatial] if len(shape) >= spatial else shape
+    error = _geometry_error(out_path, affine, shape, expected_affine, expected_shape, source, "the written map")
+    if error is not None:
+        if writer_format == "nrrd" and expected_affine is not None and is_sheared(to_affine_nd(3, expected_affine)):
+            raise OutputError(f"{error} (NRRD is written through SimpleITK, which holds only rotations and voxel "
+                              "sizes, no shear: write this map as NIfTI, --format nifti)")
+        raise error
 
 
 def save_attribution(
@@ -225,8 +312,10 @@ def save_attribution(
 
     Raises:
         InputError: ``data`` lacks the image, or the attribution does not match its shape.
-        OutputError: the folder cannot be written, writing failed (no partial file is left), or
-            PNG was asked for a 3D or multi-channel map.
+        OutputError: the folder cannot be written, writing failed (no partial file is left),
+            PNG was asked for a 3D or multi-channel map, or the map's affine or shape (before
+            writing, or as read back from the written file) differs from the input file's
+            (:func:`esegeta_monai.monai.io.geometry.expected_geometry`).
     """
     out_path = Path(out_path).expanduser()
     _suffix_of(out_path, writer_format)  # a wrong suffix fails before any work
@@ -275,13 +364,30 @@ def save_attribution(
     array = inv.as_tensor().detach().to("cpu", torch.float32)
     affine = inv.affine.detach().to("cpu", torch.float64)
 
-    return write_map(array, affine, out_path, writer_format, publish)
+    # the map must lie exactly where the input file lies: checked before writing, and read back after
+    expected_affine, expected_shape, source, geometry = expected_geometry(img.meta)
+    error = _geometry_error(out_path, affine.numpy(), tuple(array.shape[1:]), expected_affine, expected_shape, source,
+                            "the map")
+    if error is not None:
+        raise error
+    qform = None
+    if expected_affine is not None:
+        affine = torch.as_tensor(expected_affine, dtype=torch.float64)  # the file's own affine, bit for bit
+        if geometry is not None and geometry.qform_differs:
+            qform = geometry.qform  # the input's qform too, so that ITK/Slicer place the map as they place the scan
+    return write_map(array, affine, out_path, writer_format, publish, qform=qform,
+                     expected=(expected_affine, expected_shape, source))
 
 
 def write_map(array: torch.Tensor, affine: torch.Tensor, out_path: str | os.PathLike, writer_format: str = "nifti",
-              publish: Publish | None = None) -> Path:
+              publish: Publish | None = None, *, qform: np.ndarray | None = None,
+              expected: tuple | None = None) -> Path:
     """Write ``array`` ``(C, *spatial)`` with ``affine`` (RAS, 4×4) as NIfTI, NRRD or PNG (2D,
     one channel), atomically: a temporary file renamed into place, nothing left on failure.
+
+    ``qform``: a NIfTI qform other than ``affine`` (the input's, when its sform and qform disagree).
+    ``expected``: ``(affine, spatial shape, description)`` the written file must have; it is read
+    back before it is published, and an :class:`OutputError` is raised (nothing left) if not.
 
     Example:
         >>> import tempfile, torch, nibabel
@@ -304,7 +410,7 @@ def write_map(array: torch.Tensor, affine: torch.Tensor, out_path: str | os.Path
             if writer_format == "png":
                 write_png_map(array.numpy(), temporary)
             elif writer_format == "nifti":
-                _write_nifti(array, affine, temporary)
+                _write_nifti(array, affine, temporary, qform)
             else:  # NRRD: the NIfTI, converted by SimpleITK (the same geometry)
                 import SimpleITK as sitk
 
@@ -314,6 +420,8 @@ def write_map(array: torch.Tensor, affine: torch.Tensor, out_path: str | os.Path
                     sitk.WriteImage(sitk.ReadImage(str(nifti)), str(temporary), True)
                 finally:
                     nifti.unlink(missing_ok=True)
+            if expected is not None:
+                _verify_written(temporary, writer_format, int(array.shape[0]), *expected, out_path)
     except EsegetaError:
         raise
     except Exception as e:
