@@ -309,7 +309,7 @@ def _append_many(folder, writer, count):
 def test_concurrent_writers_never_lose_a_line(tmp_path):
     import multiprocessing
 
-    context = multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("fork")  # four writers at once (fork: no second import of torch)
     processes = [context.Process(target=_append_many, args=(tmp_path, w, 60)) for w in range(4)]
     for process in processes:
         process.start()
