@@ -11,7 +11,8 @@ measures, each as the ``esegeta explain`` command runs it (a fresh process, star
 
     python benchmarks/bench_cohort.py [--images 8] [--methods saliency,input_x_gradient,integrated_gradients] [--out /tmp/bench_cohort]
 
-(the methods of ``esegeta explain`` by default; integrated gradients with its 16 steps.)
+(integrated gradients with its own default of 50 steps: heavier jobs than the command's default
+methods, whose integrated gradients take 16.)
 
 Results: printed as a Markdown table and written to ``OUT/bench_cohort.json``.
 """
