@@ -30,8 +30,6 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
@@ -67,7 +65,7 @@ def instrumented_run(images, methods: str, out: Path) -> dict:
     """One in-process run with the bookkeeping functions timed."""
     from esegeta_monai.apps import cohort
     from esegeta_monai.apps.config import RunConfig
-    from esegeta_monai.jobs import fingerprint, journal, plan, resume
+    from esegeta_monai.jobs import fingerprint, journal
     from esegeta_monai.methods.spec import parse_methods
 
     spent: dict[str, float] = defaultdict(float)

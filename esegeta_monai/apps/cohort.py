@@ -38,7 +38,7 @@ from esegeta_monai.errors import BundleError, ConfigError, EsegetaError
 from esegeta_monai.jobs.atomic import remove_stale_temporaries
 from esegeta_monai.jobs.distributed import ProcessGroup, Ranks, torchrun_ranks
 from esegeta_monai.jobs.fingerprint import DigestCache
-from esegeta_monai.jobs.journal import Journal
+from esegeta_monai.jobs.journal import MANIFEST_EVERY, Journal
 from esegeta_monai.jobs.plan import Job, Unit, plan_units, previous_names
 from esegeta_monai.jobs.progress import CohortProgress, summarise
 from esegeta_monai.jobs.record import Record
@@ -54,8 +54,6 @@ __all__ = ["RunResult", "run_explanations", "default_targets", "resolve_device",
 
 logger = logging.getLogger(__name__)
 
-#: seconds between two regenerations of manifest.json during a run (and one at its end)
-MANIFEST_EVERY = 10.0
 
 
 @dataclass
@@ -126,7 +124,6 @@ class UnitRunner:
         self.window = config.window_settings(bundle.window)
         self.options = config.run_options(self.device).updated(progress=window_progress)
         self.journal = Journal(self.out)
-        self.suffix = WRITER_FORMATS[config.format][0]
         self._warnings: list[str] = []
 
     def __call__(self, unit: Unit) -> Iterator[Record]:
@@ -207,24 +204,18 @@ class UnitRunner:
     def _write(self, unit: Unit, job: Job, result, data) -> Record:
         started = time.monotonic()
         path = self.out / job.path
-        written: list[Record] = []
-
-        def publish(temporary: Path, final: Path) -> None:
-            record = self._record(unit, job, "ok", result.seconds + time.monotonic() - started, output=str(path),
-                                  report=result.report)
-            written.append(self.journal.publish(temporary, final, record))
-
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_attribution(result.attribution[0], data, self.bundle.preprocessing, path, image_key=self.bundle.image_key,
-                             channel_reduce=_effective_channel_reduce(self.config, job.method),
-                             writer_format=self.config.format, publish=publish)
+            record = self.journal.publish_written(
+                lambda publish: save_attribution(result.attribution[0], data, self.bundle.preprocessing, path,
+                                                 image_key=self.bundle.image_key,
+                                                 channel_reduce=_effective_channel_reduce(self.config, job.method),
+                                                 writer_format=self.config.format, publish=publish),
+                lambda: self._record(unit, job, "ok", result.seconds + time.monotonic() - started, output=str(path),
+                                     report=result.report))
         except Exception as error:  # an unwritable map never stops the others
             logger.debug("writing %s failed", path, exc_info=True)
-            if written:  # published and recorded; only what came after failed
-                return written[0]
             return self._failure(unit, job, "failed", result.seconds + time.monotonic() - started, error_text(error))
-        record = written[0]
         logger.info("%s %s %s: ok (%.1fs)", unit.folder, job.method.label, job.target_name, record.seconds)
         return record
 
@@ -359,14 +350,11 @@ def _run(config: RunConfig, given: Bundle | None, ranks: Ranks | None, group: Pr
 
     records: list[Record] = []
     progress = CohortProgress(jobs, len(work), enabled=bool(config.progress), skipped=skipped)
-    last_manifest = [time.monotonic()]
 
     def on_record(record: Record) -> None:
         records.append(record)
         progress.record(record)
-        if time.monotonic() - last_manifest[0] > MANIFEST_EVERY:
-            journal.write_manifest()
-            last_manifest[0] = time.monotonic()
+        journal.write_manifest(at_most_every=MANIFEST_EVERY)
 
     try:
         if work:

@@ -356,6 +356,11 @@ class TargetSpec:
     def mask_file(self) -> str | None:
         return self.extra if self.kind == "mask" else None
 
+    def resolved(self) -> TargetSpec:
+        """This spec with its mask file as a resolved absolute path, so that its :attr:`text`
+        names the same target from any working folder."""
+        return TargetSpec(self.kind, self.class_index, str(Path(self.extra).expanduser().resolve())) if self.mask_file else self
+
     @property
     def name(self) -> str:
         """The target's name in file names (as :attr:`Target.name`), read from the spec alone."""

@@ -8,5 +8,7 @@
 - :mod:`~esegeta_monai.jobs.atomic`: the one atomic-write helper;
 - :mod:`~esegeta_monai.jobs.plan`: jobs from inputs × methods × targets;
 - :mod:`~esegeta_monai.jobs.workers` and :mod:`~esegeta_monai.jobs.distributed`: parallel
-  execution in worker processes and across torchrun ranks.
+  execution in worker processes and across torchrun ranks;
+- :mod:`~esegeta_monai.jobs.progress`: the cohort's progress bar and summary;
+- :mod:`~esegeta_monai.jobs.console`: the console of a run (log lines, third-party notices).
 """

@@ -30,23 +30,26 @@ import fcntl
 import json
 import logging
 import os
+import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from esegeta_monai.jobs.atomic import atomic_write_json
+from esegeta_monai.jobs.atomic import Publish, atomic_write_json
 from esegeta_monai.jobs.fingerprint import file_digest
 from esegeta_monai.jobs.record import Record, now_iso, worker_name
 
-__all__ = ["Journal", "manifest_view", "JOURNAL_NAME", "MANIFEST_NAME", "MANIFEST_FORMAT"]
+__all__ = ["Journal", "manifest_view", "latest_records", "JOURNAL_NAME", "MANIFEST_NAME", "MANIFEST_FORMAT", "MANIFEST_EVERY"]
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.jsonl"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "esegeta-manifest/2"
+#: seconds between two regenerations of the manifest while a run goes on (and one at its end)
+MANIFEST_EVERY = 10.0
 
 
 def _slot(record: Record) -> str:
@@ -58,11 +61,15 @@ def manifest_view(entries: list[Mapping[str, Any]], header: Mapping[str, Any] | 
     """The manifest of journal ``entries``: the runs, and for every output path the latest record
     (sorted by path: an image's maps together), with a count per status."""
     runs = [dict(e) for e in entries if e.get("type") == "run"]
-    latest: dict[str, Record] = {}
-    for entry in entries:
-        if entry.get("type") == "record":
-            record = Record.from_dict(entry)
-            latest[_slot(record)] = record
+    return _view(runs, latest_records(Record.from_dict(e) for e in entries if e.get("type") == "record"), header)
+
+
+def latest_records(records: Iterable[Record]) -> dict[str, Record]:
+    """The latest of ``records`` (in journal order) for every output path."""
+    return {_slot(record): record for record in records}
+
+
+def _view(runs: list[dict[str, Any]], latest: Mapping[str, Record], header: Mapping[str, Any] | None) -> dict[str, Any]:
     records = [latest[slot].to_dict() for slot in sorted(latest)]
     last_run = runs[-1] if runs else {}
     return {
@@ -92,7 +99,10 @@ class Journal:
         self.path = self.folder / name
         self.fsync = fsync
         self._entries: list[dict[str, Any]] = []
+        self._records: list[Record] = []  # the record entries, parsed once
+        self._latest: dict[str, Record] = {}  # the latest record of every output path, kept up to date
         self._offset = 0  # bytes of the journal already parsed into _entries
+        self._manifest_written = 0.0  # when write_manifest last ran (time.monotonic)
 
     # -- writing --------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -140,6 +150,16 @@ class Journal:
             self._write_line(fd, {"type": "record", **record.to_dict()})
         return record
 
+    def publish_written(self, write: Callable[[Publish], Any], record: Callable[[], Record]) -> Record:
+        """Run ``write(publish)`` — a writer that writes a temporary file and hands it to
+        ``publish(temporary, final)`` (e.g. :func:`esegeta_monai.monai.io.save_attribution`) — and
+        publish it with the record ``record()`` made at that moment; returns that record."""
+        published: list[Record] = []
+        write(lambda temporary, final: published.append(self.publish(temporary, final, record())))
+        if not published:
+            raise OSError("the writer published no file")
+        return published[0]
+
     def record_failure(self, record: Record, stale: Path | None = None) -> Record:
         """Append a failed record; a map at ``stale`` (the job's output path, from an earlier run)
         is removed under the same lock, so that no file on disk is left that the manifest does
@@ -172,23 +192,32 @@ class Journal:
                 continue
             if isinstance(entry, dict):
                 self._entries.append(entry)
+                if entry.get("type") == "record":
+                    record = Record.from_dict(entry)
+                    self._records.append(record)
+                    self._latest[_slot(record)] = record
         self._offset += end
         return list(self._entries)
 
     def records(self) -> list[Record]:
-        return [Record.from_dict(e) for e in self.entries() if e.get("type") == "record"]
+        self.entries()
+        return list(self._records)
 
     def latest_by_path(self) -> dict[str, Record]:
         """The latest record of every output path."""
-        latest: dict[str, Record] = {}
-        for record in self.records():
-            latest[_slot(record)] = record
-        return latest
+        self.entries()
+        return dict(self._latest)
 
-    def write_manifest(self, header: Mapping[str, Any] | None = None, path: Path | None = None) -> Path:
+    def write_manifest(self, header: Mapping[str, Any] | None = None, path: Path | None = None,
+                       at_most_every: float | None = None) -> Path | None:
         """Regenerate ``manifest.json`` from the journal (atomically, under the lock so that a
-        later view never gets replaced by an earlier one)."""
+        later view never gets replaced by an earlier one); with ``at_most_every`` (seconds), only
+        if the last regeneration by this object is older than that (returns None otherwise)."""
+        if at_most_every is not None and time.monotonic() - self._manifest_written < at_most_every:
+            return None
         path = path or self.folder / MANIFEST_NAME
         with self.locked():
-            atomic_write_json(path, manifest_view(self.entries(), header))
+            runs = [dict(e) for e in self.entries() if e.get("type") == "run"]
+            atomic_write_json(path, _view(runs, self._latest, header))
+        self._manifest_written = time.monotonic()
         return path

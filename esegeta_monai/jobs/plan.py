@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from esegeta_monai.core.targets import TargetSpec, split_targets
-from esegeta_monai.errors import EsegetaError
 from esegeta_monai.jobs.fingerprint import DigestCache, canonical, job_key
 from esegeta_monai.jobs.naming import image_stem, unique_names
 from esegeta_monai.jobs.record import Record
@@ -91,15 +90,6 @@ def previous_names(records: Sequence[Record]) -> tuple[dict[str, str], dict[str,
     return folders, targets
 
 
-def _target_identity(spec: TargetSpec) -> str:
-    return f"{spec.kind}:{spec.class_index}:{identity_of(spec.extra)}" if spec.mask_file else spec.text
-
-
-def _resolved_spec(spec: TargetSpec) -> TargetSpec:
-    """Mask files by absolute path, so a spec names the same file from any working folder."""
-    return TargetSpec(spec.kind, spec.class_index, identity_of(spec.extra)) if spec.mask_file else spec
-
-
 def _file_options(options: Mapping[str, Any]) -> dict[str, str]:
     """Options that name an existing file (e.g. ``features: organs.nii.gz``): option → path."""
     return {k: v for k, v in options.items() if isinstance(v, str) and v and os.path.isfile(v)}
@@ -125,7 +115,8 @@ def plan_units(
         targets: target specs (``argmax:1,2`` gives two targets); repeats run once.
         common: key parts every job shares (bundle, windows, format, version …).
         suffix: the maps' file suffix, e.g. ``.nii.gz``.
-        previous_folders, previous_targets: names given by earlier runs (:func:`previous_names`).
+        previous_folders, previous_targets: names given by earlier runs (:func:`previous_names`;
+            targets by their resolved one-class spec, as records hold it).
         digests: a cache of file digests (e.g. seeded from the journal).
         owned: which units (by index) this process runs; the others are named but not hashed
             (torchrun ranks each hash their own share).
@@ -134,13 +125,11 @@ def plan_units(
     """
     digests = digests or DigestCache()
     folders = unique_names({identity_of(i): image_stem(i) for i in images}, previous_folders)
-    target_specs: dict[str, TargetSpec] = {}
+    target_specs: dict[str, TargetSpec] = {}  # resolved one-class spec text → spec; a repeat runs once
     for text in targets:
         for spec in split_targets(text):
-            target_specs.setdefault(_target_identity(spec), _resolved_spec(spec))
-    target_names = unique_names({identity: spec.name for identity, spec in target_specs.items()},
-                                {_target_identity(_resolved_spec(s)): n for t, n in (previous_targets or {}).items()
-                                 for s in _specs_or_none(t)})
+            target_specs.setdefault(spec.resolved().text, spec.resolved())
+    target_names = unique_names({identity: spec.name for identity, spec in target_specs.items()}, previous_targets)
     resolved = [(spec, {**get_method(spec.name).validate(spec.options)}) for spec in methods]
 
     units = []
@@ -172,13 +161,6 @@ def plan_units(
                 unit.jobs.append(Job(image, folder, method, target, target_names[identity], path, key, error))
         units.append(unit)
     return units
-
-
-def _specs_or_none(text: str) -> list[TargetSpec]:
-    try:
-        return split_targets(text)
-    except EsegetaError:
-        return []
 
 
 def _target_part(target: TargetSpec, digests: DigestCache, unit: Unit) -> tuple[dict[str, Any], str | None]:

@@ -26,13 +26,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["WorkerSpec", "worker_specs", "run_in_workers", "WorkerEvent"]
+__all__ = ["WorkerSpec", "worker_specs", "run_in_workers"]
 
 logger = logging.getLogger(__name__)
 
-#: ``(kind, worker index, payload)``: kinds ``ready``, ``init_failed``, ``start``, ``record``, ``unit_failed``, ``done``, ``exit``
-WorkerEvent = tuple[str, int, Any]
-
+#: a worker's messages are ``(kind, worker index, payload)``, kinds ``ready``, ``init_failed``,
+#: ``start``, ``record``, ``unit_failed``, ``done``, ``exit``
 
 @dataclass(frozen=True)
 class WorkerSpec:

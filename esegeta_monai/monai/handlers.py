@@ -40,7 +40,7 @@ from esegeta_monai.core.targets import Target
 from esegeta_monai.errors import ConfigError
 from esegeta_monai.jobs.atomic import remove_stale_temporaries
 from esegeta_monai.jobs.fingerprint import DigestCache, state_digest, tensor_digest
-from esegeta_monai.jobs.journal import Journal
+from esegeta_monai.jobs.journal import MANIFEST_EVERY, Journal
 from esegeta_monai.jobs.plan import Job, Unit, identity_of, plan_units, previous_names
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.jobs.resume import is_done
@@ -183,7 +183,7 @@ class ExplainHandler:
                 job = next((j for j in unit.jobs if (j.method.label, j.target_name) == (result.method, result.target)), None)
                 if job is not None:
                     self._write(result, index, item, unit, job)
-        self.write_manifest()
+        self.journal.write_manifest(path=self.output_dir / self.manifest_name, at_most_every=MANIFEST_EVERY)
 
     # -- helpers -----------------------------------------------------------------------------
     def _open(self) -> None:
@@ -192,7 +192,9 @@ class ExplainHandler:
         out = check_output_dir(self.output_dir)
         remove_stale_temporaries(out, legacy=False)  # the folder is shared with the bundle's own outputs
         self.journal = Journal(out, name="esegeta_journal.jsonl")
-        self._folders, self._targets = previous_names(self.journal.records())
+        prior = self.journal.records()
+        self._folders, self._targets = previous_names(prior)
+        self._digests = DigestCache(entry for record in prior for entry in record.inputs)
         self.run = self.journal.start_run({"out": str(out), "version": __version__, "handler": "ExplainHandler",
                                            "methods": [{"name": m.name, "as": m.label, "options": m.options} for m in self.methods],
                                            "targets": list(self.targets), "format": self.writer_format, "force": self.force})
@@ -246,21 +248,16 @@ class ExplainHandler:
             return self._failure(unit, job, result.status, result.seconds, result.error)
         start = time.monotonic()
         path = self.output_dir / job.path
-        written: list[Record] = []
-
-        def publish(temporary: Path, final: Path) -> None:
-            record = self._record(unit, job, "ok", result.seconds + time.monotonic() - start, output=str(path), report=result.report)
-            written.append(self.journal.publish(temporary, final, record))
-
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_attribution(result.attribution[index], {self.image_key: item}, self.preprocessing, path, image_key=self.image_key,
-                             channel_reduce=self.channel_reduce, writer_format=self.writer_format, publish=publish)
+            return self.journal.publish_written(
+                lambda publish: save_attribution(result.attribution[index], {self.image_key: item}, self.preprocessing, path,
+                                                 image_key=self.image_key, channel_reduce=self.channel_reduce,
+                                                 writer_format=self.writer_format, publish=publish),
+                lambda: self._record(unit, job, "ok", result.seconds + time.monotonic() - start, output=str(path),
+                                     report=result.report))
         except Exception as error:  # one unwritable map never stops the others
-            if written:
-                return written[0]
             return self._failure(unit, job, "failed", result.seconds, error_text(error))
-        return written[0]
 
 
 def _filename(item: Any) -> str | None:

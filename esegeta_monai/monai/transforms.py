@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -89,7 +88,7 @@ class ExplainSettings:
                 parsed = []
                 for one in split_targets(spec):
                     target = one.build(mask_loader=lambda path: load_mask_like(path, image))
-                    resolved = f"{one.kind}:{one.class_index}:{Path(one.extra).expanduser().resolve()}" if one.mask_file else one.text
+                    resolved = one.resolved().text
                     parsed.append(target.named(names[resolved]) if names and resolved in names else target)
             targets.extend(t for t in parsed if t.name not in {k.name for k in targets})
         return targets
