@@ -17,6 +17,7 @@ import pytest
 from esegeta_monai.apps.cli import main
 from esegeta_monai.jobs.atomic import remove_stale_temporaries, temporary_path
 from esegeta_monai.jobs.journal import Journal
+from esegeta_monai.jobs.plan import reserve_names
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.jobs.workers import WorkerSpec, run_in_workers
 
@@ -317,6 +318,39 @@ def test_concurrent_writers_never_lose_a_line(tmp_path):
         process.join(60)
     assert len(Journal(tmp_path).records()) == 240
     assert all(json.loads(line) for line in (tmp_path / "journal.jsonl").read_text().splitlines())
+
+
+def test_a_planner_reading_after_another_run_published_keeps_that_runs_names(tmp_path):
+    # the race CI once hit: run B planned after run A had published its first map ("a__s1") and
+    # named the other "a" — names are reserved at planning, so B now sees all of A's names
+    images = ["/d/s1/a.nii.gz", "/d/s2/a.nii.gz"]
+    first = reserve_names(Journal(tmp_path), images, ["argmax:1"])
+    Journal(tmp_path).append(Record(images[0], "saliency", "argmax1", "ok", path="a__s1/saliency_argmax1.nii.gz"))
+    second = reserve_names(Journal(tmp_path), images, ["argmax:1"])
+    assert first == second and first[0] == {images[0]: "a__s1", images[1]: "a__s2"}
+
+
+def _reserve_into(folder, images, queue):
+    queue.put(reserve_names(Journal(folder), images, ["argmax:1", "argmax:2"])[0])
+
+
+def test_planners_at_the_same_moment_agree_on_every_name(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    cohorts = [[f"/d/s{i}/a.nii.gz" for i in range(1, 4)], ["/d/s1/a.nii.gz"], ["/d/s3/a.nii.gz", "/d/x/b.nii.gz"]] * 2
+    processes = [context.Process(target=_reserve_into, args=(tmp_path, images, queue)) for images in cohorts]
+    for process in processes:
+        process.start()
+    chosen = [queue.get(timeout=60) for _ in processes]
+    for process in processes:
+        process.join(60)
+    given: dict[str, str] = {}
+    for names in chosen:  # one name per image across all six planners, one image per name
+        for image, name in names.items():
+            assert given.setdefault(image, name) == name
+    assert len(set(given.values())) == len(given) == 4
 
 
 def test_a_torn_line_loses_only_itself(tmp_path):

@@ -39,7 +39,7 @@ from esegeta_monai.jobs.atomic import remove_stale_temporaries
 from esegeta_monai.jobs.distributed import ProcessGroup, Ranks, torchrun_ranks
 from esegeta_monai.jobs.fingerprint import DigestCache
 from esegeta_monai.jobs.journal import MANIFEST_EVERY, Journal
-from esegeta_monai.jobs.plan import Job, Unit, plan_units, previous_names
+from esegeta_monai.jobs.plan import Job, Unit, plan_units, reserve_names
 from esegeta_monai.jobs.progress import CohortProgress, summarise
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.jobs.resume import is_done
@@ -330,7 +330,7 @@ def _run(config: RunConfig, given: Bundle | None, ranks: Ranks | None, group: Pr
     journal = Journal(out)
     prior = journal.records()
     digests = DigestCache(entry for record in prior for entry in record.inputs)
-    folders, target_names = previous_names(prior)
+    folders, target_names = reserve_names(journal, [i.image for i in inputs], targets)
     units = plan_units([i.image for i in inputs], config.methods, targets, _common_key_parts(config, bundle, window, digests),
                        WRITER_FORMATS[config.format][0], folders, target_names, digests, owned=ranks.owns if ranks else None)
     latest = journal.latest_by_path()

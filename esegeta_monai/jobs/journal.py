@@ -139,6 +139,20 @@ class Journal:
             self._write_line(fd, {"type": "run", "run": run_id, "started": now_iso(), "worker": worker_name(), **info})
         return run_id
 
+    def reserve(self, choose: Callable[[list[dict[str, Any]]], tuple[Any, Mapping[str, Any] | None]]) -> Any:
+        """Decide something from every entry so far and append the decision, as one step under
+        the lock, so that writers deciding at the same moment see each other's decisions.
+
+        ``choose(entries)`` returns ``(result, entry)``; ``entry`` (a dict with a ``type``) is
+        appended unless it is None; ``result`` is returned.
+        """
+        with self.locked() as fd:
+            result, entry = choose(self.entries())
+            if entry is not None:
+                self._write_line(fd, entry)
+                self.entries()  # parse our own line now, so that the next read starts after it
+        return result
+
     def publish(self, temporary: Path, final: Path, record: Record) -> Record:
         """Move a finished map from ``temporary`` to ``final`` and append its ``record`` (with
         the file's size and checksum) as one step under the lock."""

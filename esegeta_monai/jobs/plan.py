@@ -30,12 +30,13 @@ from typing import Any
 
 from esegeta_monai.core.targets import TargetSpec, split_targets
 from esegeta_monai.jobs.fingerprint import DigestCache, canonical, job_key
+from esegeta_monai.jobs.journal import Journal
 from esegeta_monai.jobs.naming import image_stem, unique_names
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.methods import get_method
 from esegeta_monai.methods.spec import MethodSpec
 
-__all__ = ["Job", "Unit", "plan_units", "identity_of", "previous_names"]
+__all__ = ["Job", "Unit", "plan_units", "identity_of", "previous_names", "assign_names", "reserve_names"]
 
 
 def identity_of(path: str | os.PathLike) -> str:
@@ -78,16 +79,69 @@ class Unit:
         return len(self.jobs)
 
 
-def previous_names(records: Sequence[Record]) -> tuple[dict[str, str], dict[str, str]]:
-    """The image folder names and target names earlier runs gave, from journal records:
-    ``({image identity: folder}, {target spec: target name})``."""
+def previous_names(entries: Sequence[Mapping[str, Any]]) -> tuple[dict[str, str], dict[str, str]]:
+    """The image folder names and target names earlier runs gave, from journal entries (their
+    maps' records and their ``names`` reservations): ``({image identity: folder}, {target spec:
+    target name})``."""
     folders, targets = {}, {}
-    for record in records:
-        if record.image and record.path and "/" in record.path:
-            folders[identity_of(record.image)] = record.path.split("/", 1)[0]
-        if record.target_spec:
-            targets[record.target_spec] = record.target
+    for entry in entries:
+        if entry.get("type") == "names":
+            folders.update(entry.get("folders") or {})
+            targets.update(entry.get("targets") or {})
+        elif entry.get("type") == "record":
+            path = entry.get("path") or ""
+            if entry.get("image") and "/" in path:
+                folders[identity_of(entry["image"])] = path.split("/", 1)[0]
+            if entry.get("target_spec"):
+                targets[entry["target_spec"]] = entry.get("target")
     return folders, targets
+
+
+def _target_specs(targets: Sequence[str]) -> dict[str, TargetSpec]:
+    """Resolved one-class spec text → spec (``argmax:1,2`` gives two; a repeat counts once)."""
+    specs: dict[str, TargetSpec] = {}
+    for text in targets:
+        for spec in split_targets(text):
+            specs.setdefault(spec.resolved().text, spec.resolved())
+    return specs
+
+
+def assign_names(
+    images: Sequence[str],
+    targets: Sequence[str],
+    previous_folders: Mapping[str, str] | None = None,
+    previous_targets: Mapping[str, str] | None = None,
+) -> tuple[dict[str, str], dict[str, str]]:
+    """Folder names of ``images`` (by :func:`identity_of`) and names of ``targets`` (by resolved
+    spec), keeping the names earlier runs gave (:func:`~esegeta_monai.jobs.naming.unique_names`)."""
+    folders = unique_names({identity_of(i): image_stem(i) for i in images}, previous_folders)
+    names = unique_names({identity: spec.name for identity, spec in _target_specs(targets).items()}, previous_targets)
+    return folders, names
+
+
+def reserve_names(journal: Journal, images: Sequence[str], targets: Sequence[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """:func:`assign_names` against every name the journal knows, with the new names appended to
+    it as a ``names`` entry in the same locked step: two runs planning into one folder at the same
+    moment give an image the same folder, and never give two images one folder.
+
+    Example:
+        >>> import tempfile
+        >>> from esegeta_monai.jobs.journal import Journal
+        >>> journal = Journal(tempfile.mkdtemp())
+        >>> reserve_names(journal, ["/d/s1/a.nii.gz"], ["argmax:1"])[0]
+        {'/d/s1/a.nii.gz': 'a'}
+        >>> reserve_names(journal, ["/d/s1/a.nii.gz", "/d/s2/a.nii.gz"], ["argmax:1"])[0]["/d/s2/a.nii.gz"]
+        'a__s2'
+    """
+    def choose(entries):
+        previous_folders, previous_targets = previous_names(entries)
+        folders, names = assign_names(images, targets, previous_folders, previous_targets)
+        new_folders = {k: v for k, v in folders.items() if previous_folders.get(k) != v}
+        new_targets = {k: v for k, v in names.items() if previous_targets.get(k) != v}
+        entry = {"type": "names", "folders": new_folders, "targets": new_targets} if new_folders or new_targets else None
+        return (folders, names), entry
+
+    return journal.reserve(choose)
 
 
 def _file_options(options: Mapping[str, Any]) -> dict[str, str]:
@@ -115,7 +169,7 @@ def plan_units(
         targets: target specs (``argmax:1,2`` gives two targets); repeats run once.
         common: key parts every job shares (bundle, windows, format, version …).
         suffix: the maps' file suffix, e.g. ``.nii.gz``.
-        previous_folders, previous_targets: names given by earlier runs (:func:`previous_names`;
+        previous_folders, previous_targets: names given by earlier runs (:func:`reserve_names`;
             targets by their resolved one-class spec, as records hold it).
         digests: a cache of file digests (e.g. seeded from the journal).
         owned: which units (by index) this process runs; the others are named but not hashed
@@ -124,12 +178,8 @@ def plan_units(
             by the name given in ``images``.
     """
     digests = digests or DigestCache()
-    folders = unique_names({identity_of(i): image_stem(i) for i in images}, previous_folders)
-    target_specs: dict[str, TargetSpec] = {}  # resolved one-class spec text → spec; a repeat runs once
-    for text in targets:
-        for spec in split_targets(text):
-            target_specs.setdefault(spec.resolved().text, spec.resolved())
-    target_names = unique_names({identity: spec.name for identity, spec in target_specs.items()}, previous_targets)
+    folders, target_names = assign_names(images, targets, previous_folders, previous_targets)
+    target_specs = _target_specs(targets)
     resolved = [(spec, {**get_method(spec.name).validate(spec.options)}) for spec in methods]
 
     units = []

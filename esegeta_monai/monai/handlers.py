@@ -41,7 +41,7 @@ from esegeta_monai.errors import ConfigError
 from esegeta_monai.jobs.atomic import remove_stale_temporaries
 from esegeta_monai.jobs.fingerprint import DigestCache, state_digest, tensor_digest
 from esegeta_monai.jobs.journal import MANIFEST_EVERY, Journal
-from esegeta_monai.jobs.plan import Job, Unit, identity_of, plan_units, previous_names
+from esegeta_monai.jobs.plan import Job, Unit, plan_units, reserve_names
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.jobs.resume import is_done
 from esegeta_monai.maps import check_channel_reduce, error_text
@@ -132,8 +132,6 @@ class ExplainHandler:
         self.force = force
         self.journal: Journal | None = None
         self.run: str | None = None
-        self._folders: dict[str, str] = {}
-        self._targets: dict[str, str] = {}
         self._digests = DigestCache()
 
     # -- engine events -----------------------------------------------------------------------
@@ -193,7 +191,6 @@ class ExplainHandler:
         remove_stale_temporaries(out, legacy=False)  # the folder is shared with the bundle's own outputs
         self.journal = Journal(out, name="esegeta_journal.jsonl")
         prior = self.journal.records()
-        self._folders, self._targets = previous_names(prior)
         self._digests = DigestCache(entry for record in prior for entry in record.inputs)
         self.run = self.journal.start_run({"out": str(out), "version": __version__, "handler": "ExplainHandler",
                                            "methods": [{"name": m.name, "as": m.label, "options": m.options} for m in self.methods],
@@ -224,13 +221,11 @@ class ExplainHandler:
                 name = source or f"iteration{engine.state.iteration}_{index}"
                 names.append(name)
                 digests[name] = tensor_digest(torch.as_tensor(item))
+        folders, targets = reserve_names(self.journal, names, self.targets)
         units = plan_units(names, self.methods, self.targets, self._common[id(engine)], WRITER_SUFFIXES[self.writer_format],
-                           self._folders, self._targets, self._digests, image_digests=digests)
+                           folders, targets, self._digests, image_digests=digests)
         latest = self.journal.latest_by_path() if not self.force else {}
         for unit in units:
-            self._folders[identity_of(unit.image)] = unit.folder
-            for job in unit.jobs:
-                self._targets[job.target.text] = job.target_name
             unit.jobs = [j for j in unit.jobs if self.force or j.key is None or not is_done(j.path, j.key, latest, self.output_dir)]
         return units
 
