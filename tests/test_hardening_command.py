@@ -52,7 +52,8 @@ def test_an_empty_target_is_recorded_empty_not_an_all_zero_map(never_class_one, 
     out = tmp_path / "out"
     assert explain(never_class_one, out, "--methods", "saliency,input_x_gradient") == 1
     records = view(out)["records"]
-    assert [r["status"] for r in records] == ["empty", "empty"] and not list(out.rglob("*.nii.gz"))
+    assert [r["status"] for r in records] == ["empty", "empty"] and not list(out.rglob("*_argmax1.nii.gz"))
+    assert not list(out.rglob("*.png"))  # no map, so no figure of one (the prediction is written: all background)
     assert "argmax1" in records[0]["error"] and "0 voxel" in records[0]["error"]
     assert view(out)["summary"] == {"empty": 2}
     assert "empty target" in capsys.readouterr().err

@@ -276,10 +276,10 @@ def test_a_writer_that_changes_the_geometry_publishes_nothing(tmp_path, monkeypa
     data = load_for_explanation(_nifti(tmp_path / "scan.nii"))
     original = nifti._write_nifti
 
-    def moved(array, affine, filename, qform=None):
+    def moved(array, affine, filename, *rest):
         affine = torch.as_tensor(affine).clone()
         affine[2, 3] += 1.0
-        original(array, affine, filename, qform)
+        original(array, affine, filename, *rest)
 
     monkeypatch.setattr(nifti, "_write_nifti", moved)
     out = tmp_path / "out" / "map.nii.gz"

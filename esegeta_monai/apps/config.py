@@ -23,6 +23,7 @@ A run config is a YAML or JSON mapping; every key is optional::
     force: false          # recompute jobs a previous run finished (default: resume)
     allow_empty: false    # an empty target (no voxel of the class) does not make the exit code 1
     verify: false         # on resume, compare every map's checksum (default: when its time stamp changed)
+    figures: true         # the prediction, figures, 3D Slicer scenes and the HTML report (OUT/report/index.html)
 
 Validation happens before anything runs; an error names the key and the allowed values.
 
@@ -86,6 +87,7 @@ class RunConfig:
     force: bool = False
     verify: bool = False
     allow_empty: bool = False
+    figures: bool = True
 
     @classmethod
     def from_mapping(cls, mapping: dict[str, Any], source: str = "run config") -> RunConfig:
@@ -138,7 +140,7 @@ class RunConfig:
             raise ConfigError(f"{source}: format must be one of {OUTPUT_FORMATS}, got {self.format!r}")
         if self.nan_policy not in NAN_POLICIES:
             raise ConfigError(f"{source}: nan_policy must be one of {NAN_POLICIES}, got {self.nan_policy!r}")
-        for key in ("force", "verify", "allow_empty"):
+        for key in ("force", "verify", "allow_empty", "figures"):
             if not isinstance(getattr(self, key), bool):
                 raise ConfigError(f"{source}: {key} must be true or false, got {getattr(self, key)!r}")
         if not (isinstance(self.workers, int) and not isinstance(self.workers, bool) and self.workers >= 1):

@@ -82,10 +82,10 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None, publish: Pub
 
 
 def atomic_write_text(path: str | os.PathLike, text: str, publish: Publish | None = None) -> Path:
-    """Write ``text`` to ``path`` atomically; returns ``path``."""
+    """Write ``text`` to ``path`` atomically, as UTF-8 (whatever the locale); returns ``path``."""
     path = Path(path)
     with atomic_path(path, publish=publish) as temporary:
-        temporary.write_text(text)
+        temporary.write_text(text, encoding="utf-8")
     return path
 
 

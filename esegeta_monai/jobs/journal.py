@@ -58,8 +58,9 @@ def _slot(record: Record) -> str:
 
 
 def manifest_view(entries: list[Mapping[str, Any]], header: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest of journal ``entries``: the runs, and for every output path the latest record
-    (sorted by path: an image's maps together), with a count per status."""
+    """The manifest of journal ``entries``: the runs; for every map the latest record (``records``,
+    sorted by path: an image's maps together), with a count per status; and the latest record of
+    every other output (``outputs``: predictions, figures, scenes)."""
     runs = [dict(e) for e in entries if e.get("type") == "run"]
     return _view(runs, latest_records(Record.from_dict(e) for e in entries if e.get("type") == "record"), header)
 
@@ -70,7 +71,8 @@ def latest_records(records: Iterable[Record]) -> dict[str, Record]:
 
 
 def _view(runs: list[dict[str, Any]], latest: Mapping[str, Record], header: Mapping[str, Any] | None) -> dict[str, Any]:
-    records = [latest[slot].to_dict() for slot in sorted(latest)]
+    records = [latest[slot].to_dict() for slot in sorted(latest) if latest[slot].kind == "map"]
+    outputs = [latest[slot].to_dict() for slot in sorted(latest) if latest[slot].kind != "map"]
     last_run = runs[-1] if runs else {}
     return {
         "format": MANIFEST_FORMAT,
@@ -81,6 +83,7 @@ def _view(runs: list[dict[str, Any]], latest: Mapping[str, Record], header: Mapp
         "runs": runs,
         "summary": dict(Counter(r["status"] for r in records)),
         "records": records,
+        "outputs": outputs,
     }
 
 

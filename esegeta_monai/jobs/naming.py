@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import PurePath
 
 __all__ = ["unique_names", "safe_name", "IMAGE_SUFFIXES", "image_stem"]
@@ -59,7 +59,8 @@ def _parents_apart(identities: list[str]) -> dict[str, str] | None:
 
 
 def unique_names(
-    wanted: Mapping[str, str], previous: Mapping[str, str] | None = None, separator: str = "__"
+    wanted: Mapping[str, str], previous: Mapping[str, str] | None = None, separator: str = "__",
+    reserved: Iterable[str] = (),
 ) -> dict[str, str]:
     """A unique, file-name-safe name for every identity of ``wanted`` (identity → wished name).
 
@@ -67,10 +68,11 @@ def unique_names(
         wanted: identity (e.g. a resolved file path) → the name it would like (e.g. its stem).
         previous: identity → name given by earlier runs; those names are kept and reserved.
         separator: between a wished name and what tells equal wishes apart.
+        reserved: names nobody gets as they are (e.g. ``report``, the report's folder).
     """
     previous = dict(previous or {})
     names = {identity: previous[identity] for identity in wanted if identity in previous}
-    taken = set(previous.values())
+    taken = set(previous.values()) | set(reserved)
     groups: dict[str, list[str]] = defaultdict(list)
     for identity, wish in wanted.items():
         if identity not in names:

@@ -39,6 +39,10 @@ from esegeta_monai.methods.spec import MethodSpec
 __all__ = ["Job", "Unit", "plan_units", "identity_of", "previous_names", "assign_names", "reserve_names"]
 
 
+#: folder names of an output folder that are not images' (the HTML report's)
+RESERVED_FOLDERS = ("report",)
+
+
 def identity_of(path: str | os.PathLike) -> str:
     """What names an input: its resolved absolute path."""
     return str(Path(path).expanduser().resolve())
@@ -56,12 +60,13 @@ class Job:
     path: str  #: the output path relative to the output folder
     key: str | None  #: None when an input could not be read while planning (see ``error``)
     error: str | None = None  #: why the job cannot run, found while planning
+    kind: str = "map"  #: ``map``, or ``prediction`` (the image's label map: every class, no method)
 
     def record(self, status: str, seconds: float = 0.0, **fields: Any) -> Record:
         """A :class:`~esegeta_monai.jobs.record.Record` of this job."""
         return Record(image=self.image, method=self.method.label, target=self.target_name, status=status, seconds=seconds,
                       key=self.key, path=self.path, method_name=self.method.name, options=canonical(self.method.options),
-                      target_spec=self.target.text, **fields)
+                      target_spec=None if self.kind == "prediction" else self.target.text, kind=self.kind, **fields)
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Unit:
     jobs: list[Job]
     inputs: list[dict[str, Any]] = field(default_factory=list)  #: digests of the files read (for the journal)
     error: str | None = None  #: the image cannot be read: every job fails with this
+    prediction: Job | None = None  #: the prediction's label map to write, when asked for and not done
 
     @property
     def pending(self) -> int:
@@ -114,7 +120,7 @@ def assign_names(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """Folder names of ``images`` (by :func:`identity_of`) and names of ``targets`` (by resolved
     spec), keeping the names earlier runs gave (:func:`~esegeta_monai.jobs.naming.unique_names`)."""
-    folders = unique_names({identity_of(i): image_stem(i) for i in images}, previous_folders)
+    folders = unique_names({identity_of(i): image_stem(i) for i in images}, previous_folders, reserved=RESERVED_FOLDERS)
     names = unique_names({identity: spec.name for identity, spec in _target_specs(targets).items()}, previous_targets)
     return folders, names
 
@@ -160,6 +166,7 @@ def plan_units(
     digests: DigestCache | None = None,
     owned: Callable[[int], bool] | None = None,
     image_digests: Mapping[str, str] | None = None,
+    prediction_suffix: str | None = None,
 ) -> list[Unit]:
     """The units of a run, one per image, in the order of ``images``.
 
@@ -176,6 +183,8 @@ def plan_units(
             (torchrun ranks each hash their own share).
         image_digests: digests of inputs that are not files (e.g. an evaluator's in-memory batch),
             by the name given in ``images``.
+        prediction_suffix: also plan each image's prediction (a label map,
+            ``<image folder>/prediction<suffix>``; method ``prediction``, kind ``prediction``).
     """
     digests = digests or DigestCache()
     folders, target_names = assign_names(images, targets, previous_folders, previous_targets)
@@ -209,6 +218,10 @@ def plan_units(
                 })
                 path = f"{folder}/{method.label}_{target_names[identity]}{suffix}"
                 unit.jobs.append(Job(image, folder, method, target, target_names[identity], path, key, error))
+        if prediction_suffix is not None:
+            key = None if unit.error else job_key({**common, "image": image_digest, "output": "prediction"})
+            unit.prediction = Job(image, folder, MethodSpec("prediction"), TargetSpec("argmax", 0), "labels",
+                                  f"{folder}/prediction{prediction_suffix}", key, unit.error, kind="prediction")
         units.append(unit)
     return units
 

@@ -37,6 +37,8 @@ class CohortProgress:
                                  + (f", {self.skipped} skipped" if self.skipped else ""), refresh=False)
 
     def record(self, record: Record) -> None:
+        if record.kind != "map":  # the bar counts maps; predictions and figures come with them
+            return
         self.failed += not record.ok
         self._postfix()
         self.bar.update(1)
@@ -51,8 +53,14 @@ class CohortProgress:
 
 
 def summarise(records: Sequence[Record], skipped: int = 0, seconds: float | None = None) -> dict[str, Any]:
-    """Counts per status (and ``skipped``: jobs a previous run had done), and per method the
-    counts and the mean seconds of its ok jobs."""
+    """Counts per status of the maps (and ``skipped``: map jobs a previous run had done), per
+    method the counts and the mean seconds of its ok jobs, and per other kind of output
+    (``prediction``, ``figure``, ``scene``) its counts per status."""
+    others: dict[str, Counter] = defaultdict(Counter)
+    for record in records:
+        if record.kind != "map":
+            others[record.kind][record.status] += 1
+    records = [r for r in records if r.kind == "map"]
     counts = Counter(r.status for r in records)
     methods: dict[str, dict[str, Any]] = defaultdict(lambda: {**{s: 0 for s in STATUSES}, "mean_seconds": None})
     times: dict[str, list[float]] = defaultdict(list)
@@ -63,6 +71,7 @@ def summarise(records: Sequence[Record], skipped: int = 0, seconds: float | None
     for method, values in times.items():
         methods[method]["mean_seconds"] = round(sum(values) / len(values), 3)
     return {"counts": {**{s: counts.get(s, 0) for s in STATUSES}, "skipped": skipped}, "methods": dict(methods),
+            **({"outputs": {kind: dict(c) for kind, c in others.items()}} if others else {}),
             **({"seconds": round(seconds, 1)} if seconds is not None else {})}
 
 
@@ -79,4 +88,6 @@ def summary_lines(summary: dict[str, Any]) -> list[str]:
         for method, row in summary["methods"].items():
             mean = f"{row['mean_seconds']:.2f}" if row["mean_seconds"] is not None else "-"
             lines.append(f"  {method.ljust(width)}  {row['ok']:>4} {row['failed']:>6} {row['timeout']:>7} {row['empty']:>5}  {mean}")
+    for kind, kind_counts in (summary.get("outputs") or {}).items():
+        lines.append(f"  {kind}s: " + ", ".join(f"{n} {status}" for status, n in sorted(kind_counts.items())))
     return lines

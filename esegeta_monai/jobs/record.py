@@ -22,12 +22,15 @@ import socket
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["Record", "STATUSES", "FINISHED_OK", "now_iso", "worker_name"]
+__all__ = ["Record", "STATUSES", "KINDS", "FINISHED_OK", "now_iso", "worker_name"]
 
 #: the outcomes of a job; ``ok`` is the only one a rerun skips. ``empty``: the target's region is
 #: empty on this image (e.g. no voxel predicted as the class), so no map was written
 STATUSES = ("ok", "failed", "timeout", "empty")
 FINISHED_OK = "ok"
+#: what a job makes: an attribution map, the prediction (label map and class volumes or scores),
+#: a figure (PNG) of maps, or a 3D Slicer scene
+KINDS = ("map", "prediction", "figure", "scene")
 
 
 def now_iso() -> str:
@@ -71,10 +74,13 @@ class Record:
     run: str | None = None  #: the run that wrote the record
     worker: str | None = None
     finished: str | None = None
+    kind: str = "map"  #: what the job made: ``map``, ``prediction``, ``figure`` or ``scene``
 
     def __post_init__(self):
         if self.status not in STATUSES:
             raise ValueError(f"record status {self.status!r}; one of {STATUSES}")
+        if self.kind not in KINDS:
+            raise ValueError(f"record kind {self.kind!r}; one of {KINDS}")
         self.seconds = round(float(self.seconds), 3)
         if self.finished is None:
             self.finished = now_iso()

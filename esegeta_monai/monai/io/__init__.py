@@ -31,12 +31,14 @@ from esegeta_monai.monai.io.readers import SimpleITKReader, register_simpleitk_r
 register_simpleitk_reader()  # before anything builds a LoadImage
 
 from esegeta_monai.monai.io.images import NAN_POLICIES, WARNINGS_KEY, default_preprocessing, load_for_explanation  # noqa: E402
-from esegeta_monai.monai.io.nifti import CHANNEL_REDUCTIONS, WRITER_FORMATS, check_output_dir, save_attribution, write_map  # noqa: E402
+from esegeta_monai.monai.io.nifti import CHANNEL_REDUCTIONS, WRITER_FORMATS, check_output_dir, prediction_labels, save_attribution, write_label_map, write_map  # noqa: E402
 
 __all__ = [
     "load_for_explanation",
     "default_preprocessing",
     "save_attribution",
+    "prediction_labels",
+    "write_label_map",
     "write_map",
     "check_output_dir",
     "NAN_POLICIES",

@@ -40,6 +40,7 @@ import copy
 import logging
 import os
 import uuid
+from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from esegeta_monai.maps import CHANNEL_REDUCTIONS, check_channel_reduce, reduce_
 from esegeta_monai.monai.io.geometry import expected_geometry, is_sheared, same_affine
 from esegeta_monai.monai.io.png import write_png_map
 
-__all__ = ["save_attribution", "write_map", "check_output_dir", "CHANNEL_REDUCTIONS", "WRITER_FORMATS"]
+__all__ = ["save_attribution", "LabelMap", "prediction_labels", "write_label_map", "write_map", "check_output_dir", "CHANNEL_REDUCTIONS", "WRITER_FORMATS"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,7 +184,8 @@ def _to_original_grid(inv: MetaTensor, meta: Mapping) -> MetaTensor:
     return out if isinstance(out, MetaTensor) else MetaTensor(out, affine=target_affine)
 
 
-def _write_nifti(array: torch.Tensor, affine: torch.Tensor, filename: Path, qform: np.ndarray | None = None) -> None:
+def _write_nifti(array: torch.Tensor, affine: torch.Tensor, filename: Path, qform: np.ndarray | None = None,
+                 dtype: type = np.float32) -> None:
     """Write ``(C, *spatial)`` as float32 NIfTI with ``affine`` (sform code 1; qform code 1, from
     ``qform`` when given, else from ``affine``).
 
@@ -195,7 +197,7 @@ def _write_nifti(array: torch.Tensor, affine: torch.Tensor, filename: Path, qfor
     if spatial < 3:  # NIfTI is 3D: 2D maps get a singleton third axis and a 4x4 affine
         array = array.reshape(*array.shape, *([1] * (3 - spatial)))
     affine4 = to_affine_nd(3, np.asarray(affine, dtype=np.float64))
-    writer = NibabelWriter(output_dtype=np.float32)
+    writer = NibabelWriter(output_dtype=dtype)
     # reshaped after set_metadata: MONAI's resampling check fails on 2D-shaped channel-last arrays
     writer.set_data_array(array.numpy(), channel_dim=0, squeeze_end_dims=False)  # channels last: (X, Y, Z, C)
     writer.set_metadata({"affine": affine4, "original_affine": affine4}, resample=False)
@@ -349,16 +351,23 @@ def save_attribution(
             f"{tuple(img.shape)} ({img.meta.get('filename_or_obj', image_key)}): it must be (C, *spatial) "
             "on the preprocessed grid"
         )
-    att = _reduce_channels(att, channel_reduce)
-    att = MetaTensor(att, meta=copy.deepcopy(dict(img.meta)))
+    array, affine, qform, expected = _on_input_grid(_reduce_channels(att, channel_reduce), img, data, preprocessing,
+                                                    image_key, out_path, "the map")
+    return write_map(array, affine, out_path, writer_format, publish, qform=qform, expected=expected)
 
+
+def _on_input_grid(att: torch.Tensor, img: MetaTensor, data: Mapping, preprocessing: Any, image_key: str, out_path: Path,
+                   what: str) -> tuple[torch.Tensor, torch.Tensor, np.ndarray | None, tuple]:
+    """``att`` ``(C, *spatial)`` on the preprocessed grid, inverted onto the input file's grid and
+    checked to lie exactly there: ``(array, affine, qform or None, expected geometry)``."""
+    att = MetaTensor(att, meta=copy.deepcopy(dict(img.meta)))
     try:
         inv = _invert(att, data, preprocessing, image_key)
         inv = _to_original_grid(inv, img.meta)
     except Exception as e:
         source = img.meta.get("filename_or_obj", image_key)
         raise InputError(
-            f"{source}: cannot map the attribution back onto the input grid ({type(e).__name__}: {e}). Fix: pass "
+            f"{source}: cannot map {what} back onto the input grid ({type(e).__name__}: {e}). Fix: pass "
             "the data dict returned by load_for_explanation together with the same preprocessing"
         ) from e
     array = inv.as_tensor().detach().to("cpu", torch.float32)
@@ -366,8 +375,7 @@ def save_attribution(
 
     # the map must lie exactly where the input file lies: checked before writing, and read back after
     expected_affine, expected_shape, source, geometry = expected_geometry(img.meta)
-    error = _geometry_error(out_path, affine.numpy(), tuple(array.shape[1:]), expected_affine, expected_shape, source,
-                            "the map")
+    error = _geometry_error(out_path, affine.numpy(), tuple(array.shape[1:]), expected_affine, expected_shape, source, what)
     if error is not None:
         raise error
     qform = None
@@ -375,17 +383,71 @@ def save_attribution(
         affine = torch.as_tensor(expected_affine, dtype=torch.float64)  # the file's own affine, bit for bit
         if geometry is not None and geometry.qform_differs:
             qform = geometry.qform  # the input's qform too, so that ITK/Slicer place the map as they place the scan
-    return write_map(array, affine, out_path, writer_format, publish, qform=qform,
-                     expected=(expected_affine, expected_shape, source))
+    return array, affine, qform, (expected_affine, expected_shape, source)
+
+
+@dataclass
+class LabelMap:
+    """A prediction's label map on the input file's grid, ready to write (:func:`prediction_labels`)."""
+
+    labels: torch.Tensor  #: ``(*spatial)`` int64, the most probable class of each voxel
+    affine: torch.Tensor  #: the input file's affine (RAS, mm)
+    qform: np.ndarray | None
+    expected: tuple  #: the geometry the written file must have
+
+
+def prediction_labels(prediction: torch.Tensor, data: Mapping, preprocessing: Callable | None,
+                      image_key: str = "image") -> LabelMap:
+    """The label map of a segmentation network's class scores ``prediction`` ``(C, *spatial)``
+    on the preprocessed grid (a leading batch dimension of 1 is accepted), on the input file's grid.
+
+    The scores become probabilities (softmax over C > 1 channels, sigmoid for one), are inverted
+    onto the file's grid like a map (so resampling interpolates probabilities, not labels), and
+    each voxel gets its most probable class (one channel: probability > 0.5 is 1).
+    """
+    img = data.get(image_key)
+    if not isinstance(img, MetaTensor):
+        raise InputError(f"data[{image_key!r}] is not a MetaTensor: load the image with load_for_explanation")
+    scores = _as_float_tensor(prediction)
+    if scores.ndim == img.ndim + 1 and scores.shape[0] == 1:
+        scores = scores[0]
+    if tuple(scores.shape[1:]) != tuple(img.shape[1:]):
+        raise InputError(f"prediction of shape {tuple(scores.shape)} is not on the preprocessed grid {tuple(img.shape)}")
+    probabilities = torch.softmax(scores, 0) if scores.shape[0] > 1 else torch.sigmoid(scores)
+    array, affine, qform, expected = _on_input_grid(probabilities, img, data, preprocessing, image_key,
+                                                    Path(str(img.meta.get("filename_or_obj", image_key))), "the prediction")
+    labels = array.argmax(0) if array.shape[0] > 1 else (array[0] > 0.5).long()
+    return LabelMap(labels, affine, qform, expected)
+
+
+def write_label_map(label_map: LabelMap, out_path: str | os.PathLike, writer_format: str = "nifti",
+                    publish: Publish | None = None) -> Path:
+    """Write a :class:`LabelMap` as uint8 NIfTI or NRRD, atomically, its geometry read back and checked.
+
+    Example:
+        >>> import tempfile, torch, nibabel
+        >>> from monai.data import MetaTensor
+        >>> image = MetaTensor(torch.zeros(1, 4, 4, 4), affine=torch.eye(4))
+        >>> scores = torch.zeros(2, 4, 4, 4); scores[1, 1, 2, 3] = 5.0
+        >>> label_map = prediction_labels(scores, {"image": image}, None)
+        >>> path = write_label_map(label_map, tempfile.mkdtemp() + "/prediction.nii.gz")
+        >>> int(label_map.labels.sum()), nibabel.load(str(path)).get_data_dtype()
+        (1, dtype('uint8'))
+    """
+    if writer_format == "png":
+        raise OutputError(f"{out_path}: label maps are written as NIfTI or NRRD (the PNG writer keeps no geometry)")
+    return write_map(label_map.labels[None].to(torch.float32), label_map.affine, out_path, writer_format, publish,
+                     qform=label_map.qform, expected=label_map.expected, dtype=np.uint8)
 
 
 def write_map(array: torch.Tensor, affine: torch.Tensor, out_path: str | os.PathLike, writer_format: str = "nifti",
               publish: Publish | None = None, *, qform: np.ndarray | None = None,
-              expected: tuple | None = None) -> Path:
+              expected: tuple | None = None, dtype: type = np.float32) -> Path:
     """Write ``array`` ``(C, *spatial)`` with ``affine`` (RAS, 4×4) as NIfTI, NRRD or PNG (2D,
     one channel), atomically: a temporary file renamed into place, nothing left on failure.
 
     ``qform``: a NIfTI qform other than ``affine`` (the input's, when its sform and qform disagree).
+    ``dtype``: the voxel type of NIfTI/NRRD files (float32; ``np.uint8`` for label maps).
     ``expected``: ``(affine, spatial shape, description)`` the written file must have; it is read
     back before it is published, and an :class:`OutputError` is raised (nothing left) if not.
 
@@ -410,13 +472,13 @@ def write_map(array: torch.Tensor, affine: torch.Tensor, out_path: str | os.Path
             if writer_format == "png":
                 write_png_map(array.numpy(), temporary)
             elif writer_format == "nifti":
-                _write_nifti(array, affine, temporary, qform)
+                _write_nifti(array, affine, temporary, qform, dtype)
             else:  # NRRD: the NIfTI, converted by SimpleITK (the same geometry)
                 import SimpleITK as sitk
 
                 nifti = temporary_path(out_path, ".nii.gz")
                 try:
-                    _write_nifti(array, affine, nifti)
+                    _write_nifti(array, affine, nifti, dtype=dtype)
                     sitk.WriteImage(sitk.ReadImage(str(nifti)), str(temporary), True)
                 finally:
                     nifti.unlink(missing_ok=True)
