@@ -25,5 +25,12 @@ fi
 echo "installed: $("$VENV/bin/python" -c 'import torch, monai, captum, esegeta_monai; print(f"esegeta_monai {esegeta_monai.__version__}, torch {torch.__version__}, monai {monai.__version__}, captum {captum.__version__}")')"
 
 if [ "${1:-}" = "--test" ]; then
+    # the report's browser test drives Debian's chromium (never a downloaded browser)
+    if ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+        SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+        echo "installing Debian's chromium for the browser test (apt-get)"
+        { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null; } \
+            || echo "could not install chromium: the browser test will say so (apt-get install chromium)"
+    fi
     exec "$VENV/bin/python" -m pytest -q -p no:cacheprovider   # tests/ and the docstring examples
 fi

@@ -45,7 +45,9 @@ def cohort(tmp_path_factory):
 
 
 def explain(cohort, out, *args):
-    return main(["-q", "explain", "--bundle", str(cohort.bundle), "--out", str(out), "--no-progress", *map(str, args)])
+    """The command on the cohort; maps only (figures and predictions: tests/test_report_run.py)."""
+    return main(["-q", "explain", "--bundle", str(cohort.bundle), "--out", str(out), "--no-progress", "--no-figures",
+                 *map(str, args)])
 
 
 def records(out):
@@ -205,7 +207,7 @@ def test_manifest_command_regenerates_the_view(cohort, tmp_path):
 # ------------------------------------------------------------------------ kills and concurrent runs
 def _command(cohort, out, *args):
     return [sys.executable, "-m", "esegeta_monai", "-q", "explain", "--bundle", str(cohort.bundle), "--out", str(out),
-            "--no-progress", *map(str, args)]
+            "--no-progress", "--no-figures", *map(str, args)]
 
 
 def test_a_killed_run_resumes_with_every_job_done_once(cohort, tmp_path):

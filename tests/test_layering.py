@@ -1,5 +1,5 @@
 """The package's layers point one way (DESIGN.md §4), checked from every import statement,
-those inside functions included: apps → monai → jobs → explainer → methods → core."""
+those inside functions included: apps → report → monai → jobs → explainer → methods → core."""
 
 import ast
 from pathlib import Path
@@ -21,10 +21,11 @@ LAYERS = {
     "esegeta_monai.demo": 5,
     "esegeta_monai.transforms": 5,  # v0.1 paths kept for bundle configs
     "esegeta_monai.handlers": 5,
-    "esegeta_monai.apps": 6,
-    "esegeta_monai.__main__": 6,
+    "esegeta_monai.report": 6,
+    "esegeta_monai.apps": 7,
+    "esegeta_monai.__main__": 7,
 }
-NAMES = {0: "errors", 1: "core", 2: "methods", 3: "explainer", 4: "jobs", 5: "monai", 6: "apps"}
+NAMES = {0: "errors", 1: "core", 2: "methods", 3: "explainer", 4: "jobs", 5: "monai", 6: "report", 7: "apps"}
 
 
 def layer_of(module: str) -> int | None:

@@ -92,11 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     explain.add_argument("--force", action="store_true", default=None, help="recompute jobs an earlier run into --out finished")
     explain.add_argument("--allow-empty", action="store_true", default=None,
                          help="an empty target (e.g. no voxel predicted as the class) is recorded but does not make the exit code 1")
+    explain.add_argument("--no-figures", dest="figures", action="store_false", default=None,
+                         help="write maps only: no prediction, figures, 3D Slicer scenes or HTML report")
     explain.add_argument("--verify", action="store_true", default=None,
                          help="on resume, compare the checksum of every map (default: only of maps whose time stamp changed)")
 
     manifest = sub.add_parser("manifest", parents=[common], help="regenerate OUT/manifest.json from OUT/journal.jsonl")
     manifest.add_argument("out", help="the output folder of a run")
+
+    report = sub.add_parser("report", parents=[common],
+                            help="make the missing figures and 3D Slicer scenes of an output folder and its HTML report")
+    report.add_argument("out", help="the output folder of a run (or of several runs: a cohort)")
+    report.add_argument("--force", action="store_true", help="redraw every figure and scene")
+    report.add_argument("--no-figures", dest="figures", action="store_false",
+                        help="only the HTML pages, from the figures that exist")
+    report.add_argument("--title", help="the report's title (default: the folder's name)")
+    slicer = sub.add_parser("slicer", parents=[common], help="print the command that opens an image's scene in 3D Slicer")
+    slicer.add_argument("out", help="the output folder of a run")
+    slicer.add_argument("--image", help="the image folder's name (default: the only one; else all are listed)")
+    slicer.add_argument("--slicer", default="Slicer", help="the 3D Slicer executable (default: Slicer)")
 
     layers = sub.add_parser("layers", parents=[common], help="list a bundle network's layers and their output shapes")
     layers.add_argument("--bundle", required=True, help="MONAI bundle folder")
@@ -136,6 +150,7 @@ def _config_from_args(args) -> RunConfig:
         "local": args.local, "nan_policy": args.nan_policy, "format": args.format, "channel_reduce": args.channel_reduce,
         "bundle_configs": args.bundle_configs, "image_lists": args.image_lists, "datalist_key": args.datalist_key,
         "workers": args.workers, "force": args.force, "verify": args.verify, "allow_empty": args.allow_empty,
+        "figures": args.figures,
         "devices": [d.strip() for d in args.devices.split(",") if d.strip()] if args.devices else None,
     }
     for key, value in overrides.items():
@@ -191,12 +206,7 @@ def _explain(args) -> int:
 
 
 def _manifest(args) -> int:
-    from esegeta_monai.jobs.journal import JOURNAL_NAME, Journal
-
-    journal = Journal(args.out)
-    if not journal.path.is_file():
-        raise EsegetaError(f"{Path(args.out) / JOURNAL_NAME}: no journal here; give the output folder of an `esegeta explain` run")
-    print(journal.write_manifest())
+    print(_journal_of(args.out).write_manifest())
     return 0
 
 
@@ -293,6 +303,53 @@ def _targets(args) -> int:
     return 0
 
 
+def _journal_of(out: str):
+    from esegeta_monai.jobs.journal import JOURNAL_NAME, Journal
+
+    journal = Journal(out)
+    if not journal.path.is_file():
+        raise EsegetaError(f"{Path(out) / JOURNAL_NAME}: no journal here; give the output folder of an `esegeta explain` run")
+    return journal
+
+
+def _report(args) -> int:
+    from esegeta_monai.jobs.progress import summarise, summary_lines
+    from esegeta_monai.report.html import write_report
+    from esegeta_monai.report.render import render_folder
+
+    journal = _journal_of(args.out)
+    records = render_folder(args.out, force=args.force) if args.figures else []
+    index = write_report(args.out, title=args.title)
+    journal.write_manifest()
+    if records:
+        for line in summary_lines(summarise(records))[2:]:
+            print(line.strip())
+    print(f"report: {index}")
+    return 0 if all(r.ok for r in records) else 1
+
+
+def _slicer(args) -> int:
+    from esegeta_monai.report.slicer import slicer_command
+
+    _journal_of(args.out)
+    out = Path(args.out)
+    scenes = sorted(out.glob("*/scene.mrml"))
+    if args.image:
+        scene = out / args.image / "scene.mrml"
+        if not scene.is_file():
+            names = ", ".join(p.parent.name for p in scenes) or "none"
+            raise EsegetaError(f"{scene}: no scene for image {args.image!r} (scenes: {names}); "
+                               f"`esegeta report {args.out}` makes the missing ones")
+        scenes = [scene]
+    if not scenes:
+        raise EsegetaError(f"{out}: no scene.mrml in any image folder; `esegeta report {args.out}` makes them")
+    for scene in scenes:
+        if len(scenes) > 1:
+            print(f"# {scene.parent.name}")
+        print(slicer_command(scene.resolve(), slicer=args.slicer))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from esegeta_monai.jobs.console import configure_console
 
@@ -300,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_console(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers, "manifest": _manifest,
-                "bundle-config": _bundle_config, "evaluate": _evaluate}[args.command](args)
+                "bundle-config": _bundle_config, "evaluate": _evaluate, "report": _report, "slicer": _slicer}[args.command](args)
     except EsegetaError as error:
         print(f"esegeta: error: {error}", file=sys.stderr)
         return 2

@@ -33,9 +33,10 @@ import torch
 from esegeta_monai import __version__
 from esegeta_monai.apps.config import RunConfig
 from esegeta_monai.apps.inputs import ImageInput, collect_inputs
+from esegeta_monai.core.prediction import predict
 from esegeta_monai.core.targets import Target, split_targets
 from esegeta_monai.errors import BundleError, ConfigError, EsegetaError
-from esegeta_monai.jobs.atomic import remove_stale_temporaries
+from esegeta_monai.jobs.atomic import atomic_write_json, remove_stale_temporaries
 from esegeta_monai.jobs.distributed import ProcessGroup, Ranks, torchrun_ranks
 from esegeta_monai.jobs.fingerprint import DigestCache
 from esegeta_monai.jobs.journal import MANIFEST_EVERY, Journal
@@ -47,7 +48,11 @@ from esegeta_monai.jobs.workers import run_in_workers, worker_specs
 from esegeta_monai.maps import compute_maps, error_text
 from esegeta_monai.methods.spec import MethodSpec
 from esegeta_monai.monai.bundle import Bundle, bundle_files, load_bundle
-from esegeta_monai.monai.io import WRITER_FORMATS, check_output_dir, load_for_explanation, save_attribution
+from esegeta_monai.monai.io import (WRITER_FORMATS, check_output_dir, load_for_explanation, prediction_labels, save_attribution,
+                                  write_label_map)
+from esegeta_monai.monai.io.labels import classification_summary, segmentation_summary
+from esegeta_monai.report.html import write_report
+from esegeta_monai.report.render import image_outputs, render_folder, render_image
 from esegeta_monai.monai.io.masks import load_labels_like, load_mask_like
 
 __all__ = ["RunResult", "run_explanations", "default_targets", "resolve_device", "UnitRunner"]
@@ -58,13 +63,15 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
-    """What a run did: its records (skipped jobs have none), the summary, where the manifest is."""
+    """What a run did: the records of its maps (skipped jobs have none) and of its other outputs
+    (predictions, figures, scenes), the summary, where the manifest is."""
 
     records: list[Record] = field(default_factory=list)
     skipped: int = 0
     manifest: Path | None = None
     summary: dict[str, Any] = field(default_factory=dict)
     run: str | None = None
+    outputs: list[Record] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -72,7 +79,8 @@ class RunResult:
         return not self.failures()
 
     def failures(self, allow_empty: bool = False) -> list[Record]:
-        """The records that are not ok (``allow_empty``: an empty target is not a failure)."""
+        """The map records that are not ok (``allow_empty``: an empty target is not a failure); a
+        failed prediction, figure or scene is logged and counted in the summary, not here."""
         return [r for r in self.records if not r.ok and not (allow_empty and r.status == "empty")]
 
 
@@ -127,14 +135,20 @@ class UnitRunner:
         self._warnings: list[str] = []
 
     def __call__(self, unit: Unit) -> Iterator[Record]:
+        yield from self._maps(unit)
+        if self.config.figures:  # the image's figures and scene, from every map of its folder so far
+            for outputs in image_outputs(self.journal.latest_by_path(), self.out, {unit.folder}).values():
+                yield from render_image(self.out, self.journal, outputs, run=self.run)
+
+    def _maps(self, unit: Unit) -> Iterator[Record]:
         start = time.monotonic()
         self._warnings = []
         if unit.error:
-            yield from self._fail(unit, unit.jobs, unit.error, start)
+            yield from self._fail(unit, unit.jobs + ([unit.prediction] if unit.prediction else []), unit.error, start)
             return
         yield from self._fail(unit, [j for j in unit.jobs if j.error], None, start)
         jobs = [j for j in unit.jobs if not j.error]
-        if not jobs:
+        if not jobs and unit.prediction is None:
             return
         bundle = self.bundle
         try:
@@ -142,7 +156,7 @@ class UnitRunner:
                                         expected_spatial_dims=bundle.spatial_dims, nan_policy=self.config.nan_policy)
         except EsegetaError as error:
             logger.error("%s: every method fails — %s", unit.folder, error_text(error))
-            yield from self._fail(unit, jobs, error_text(error), start)
+            yield from self._fail(unit, jobs + ([unit.prediction] if unit.prediction else []), error_text(error), start)
             return
         image = data[bundle.image_key]
         unit_warnings = list(getattr(image, "meta", {}).get("esegeta_warnings") or [])
@@ -171,12 +185,16 @@ class UnitRunner:
                 yield from self._fail(unit, [job], problem, start)
             else:
                 runnable[(job.method.label, job.target_name)] = job
+        prediction = None
+        if unit.prediction is not None:
+            prediction, record = self._predict(unit, data)
+            yield record
         if not runnable:
             return
         results = compute_maps(bundle.network, image[None].to(self.device),
                                [m for m in methods.values() if not isinstance(m, str)],
                                [t for t in targets.values() if not isinstance(t, str)],
-                               self.window, self.options, pairs=set(runnable))
+                               self.window, self.options, prediction=prediction, pairs=set(runnable))
         for result in results:
             job = runnable.pop((result.method, result.target))
             if result.status != "ok":
@@ -185,6 +203,35 @@ class UnitRunner:
             yield self._write(unit, job, result, data)
         for job in runnable.values():  # never silent: a job without a result is recorded as failed
             yield self._failure(unit, job, "failed", time.monotonic() - start, "no result was computed for this job (a bug: please report it)")
+
+    def _predict(self, unit: Unit, data) -> tuple[torch.Tensor | None, Record]:
+        """Predict the image once, write what the network says (a segmentation's label map aligned
+        with the input and its class volumes, or a classifier's scores) and return the prediction
+        for the maps to reuse (segmentation only) with the record."""
+        job, started = unit.prediction, time.monotonic()
+        bundle, path = self.bundle, self.out / unit.prediction.path
+        image = data[bundle.image_key]
+        try:
+            scores = predict(bundle.network, image[None].to(self.device), amp=self.options.amp, **self.window.as_dict())
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if scores.ndim == 2:  # a classifier: its scores are the prediction
+                summary = classification_summary(scores[0].tolist(), bundle.class_names)
+                record = self.journal.publish_written(
+                    lambda publish: atomic_write_json(path, summary, publish=publish),
+                    lambda: self._record(unit, job, "ok", time.monotonic() - started, output=str(path), report=summary))
+                return None, record
+            label_map = prediction_labels(scores[0], data, bundle.preprocessing, image_key=bundle.image_key)
+            summary = segmentation_summary(label_map.labels.numpy(), label_map.affine.numpy(), bundle.class_names,
+                                           classes=scores.shape[1])
+            atomic_write_json(path.with_name("prediction.json"), summary)
+            writer_format = "nrrd" if path.name.endswith(".nrrd") else "nifti"
+            record = self.journal.publish_written(
+                lambda publish: write_label_map(label_map, path, writer_format, publish),
+                lambda: self._record(unit, job, "ok", time.monotonic() - started, output=str(path), report=summary))
+            return scores, record
+        except Exception as error:  # the maps go on without it (they predict for themselves)
+            logger.debug("the prediction of %s failed", unit.image, exc_info=True)
+            return None, self._failure(unit, job, "failed", time.monotonic() - started, f"prediction: {error_text(error)}")
 
     # -- records ----------------------------------------------------------------------------
     def _record(self, unit: Unit, job: Job, status: str, seconds: float, **fields: Any) -> Record:
@@ -266,6 +313,16 @@ def _is_classifier(bundle: Bundle) -> bool:
     return default_targets(bundle) == ["class:1"]
 
 
+def _prediction_suffix(config: RunConfig, bundle: Bundle) -> str | None:
+    """What the prediction is written as (for figures, scenes and the report): a classifier's
+    scores as JSON, a label map as NRRD or NIfTI; ``None`` without figures."""
+    if not config.figures:
+        return None
+    if _is_classifier(bundle):
+        return ".json"
+    return ".nrrd" if config.format == "nrrd" else ".nii.gz"
+
+
 def check_against_bundle(config: RunConfig, bundle: Bundle, targets: list[str], window) -> None:
     """What can be known before the first job — targets against the bundle's outputs, windows and
     output format against its dimensions — fails the run here (exit 2), not job by job."""
@@ -332,14 +389,21 @@ def _run(config: RunConfig, given: Bundle | None, ranks: Ranks | None, group: Pr
     digests = DigestCache(entry for record in prior for entry in record.inputs)
     folders, target_names = reserve_names(journal, [i.image for i in inputs], targets)
     units = plan_units([i.image for i in inputs], config.methods, targets, _common_key_parts(config, bundle, window, digests),
-                       WRITER_FORMATS[config.format][0], folders, target_names, digests, owned=ranks.owns if ranks else None)
+                       WRITER_FORMATS[config.format][0], folders, target_names, digests, owned=ranks.owns if ranks else None,
+                       prediction_suffix=_prediction_suffix(config, bundle))
     latest = journal.latest_by_path()
     skipped = 0
+
+    def pending(job: Job) -> bool:
+        return config.force or job.key is None or not is_done(job.path, job.key, latest, out, config.verify)
+
     for unit in units:
-        pending = [j for j in unit.jobs if config.force or j.key is None or not is_done(j.path, j.key, latest, out, config.verify)]
-        skipped += len(unit.jobs) - len(pending)
-        unit.jobs = pending
-    work = [u for u in units if u.jobs]
+        jobs = [j for j in unit.jobs if pending(j)]
+        skipped += len(unit.jobs) - len(jobs)
+        unit.jobs = jobs
+        if unit.prediction is not None and not pending(unit.prediction):
+            unit.prediction = None
+    work = [u for u in units if u.jobs or u.prediction is not None]
     run = journal.start_run(_run_info(config, bundle, targets, window, ranks)) if not ranks or ranks.leader else None
     if group is not None:
         run = group.from_leader(run)
@@ -363,14 +427,29 @@ def _run(config: RunConfig, given: Bundle | None, ranks: Ranks | None, group: Pr
         progress.close()
         if group is not None:
             group.barrier()
+        if config.figures and (not ranks or ranks.leader):
+            _finish_report(out, run, on_record)
         manifest = journal.write_manifest() if not ranks or ranks.leader else None
     if group is not None:
         skipped = group.total(skipped)
     if ranks is not None and ranks.leader:  # every rank's records of this run
         records = [r for r in journal.records() if r.run == run]
-    result = RunResult(records, skipped, manifest, run=run)
+    result = RunResult([r for r in records if r.kind == "map"], skipped, manifest, run=run,
+                       outputs=[r for r in records if r.kind != "map"])
     result.summary = summarise(records, skipped, time.monotonic() - started)
     return result
+
+
+def _finish_report(out: Path, run: str, on_record) -> None:
+    """The figures and scenes no unit made (maps an earlier run wrote), then the HTML report."""
+    try:
+        render_folder(out, run=run, progress=on_record)
+        index = write_report(out)
+        logger.info("report: %s", index)
+    except Exception as error:  # the maps are written; a broken report never fails the run
+        logger.debug("the report failed", exc_info=True)
+        logger.error("the HTML report could not be written: %s (the maps are fine; retry with `esegeta report %s`)",
+                     error_text(error), out)
 
 
 def _execute(config, given, out, run, device, devices, work, ranks, journal, on_record, progress) -> None:
@@ -392,7 +471,7 @@ def _execute(config, given, out, run, device, devices, work, ranks, journal, on_
     def on_lost(index: int, reason: str, done: set[str]) -> None:
         unit = work[index]
         latest = journal.latest_by_path()  # a worker killed between its journal line and its message
-        for job in unit.jobs:
+        for job in unit.jobs + ([unit.prediction] if unit.prediction is not None else []):
             if job.path in done:
                 continue
             record = latest.get(job.path)
@@ -406,7 +485,7 @@ def _execute(config, given, out, run, device, devices, work, ranks, journal, on_
         on_record(record)
         unit = work[index]
         unit_records[index] = unit_records.get(index, 0) + 1
-        if unit_records[index] == len(unit.jobs):
+        if unit_records[index] == len(unit.jobs) + (unit.prediction is not None):
             progress.image_done()
 
     unit_records: dict[int, int] = {}
