@@ -11,7 +11,7 @@ Example:
     torch.Size([1, 1, 24, 24, 24])
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 from esegeta_monai.core.targets import ArgmaxRegion, ClassScore, MaskRegion, OtsuRegion, VoxelScore, parse_targets  # noqa: E402
 from esegeta_monai.errors import EsegetaError  # noqa: E402

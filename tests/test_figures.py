@@ -13,7 +13,7 @@ from matplotlib import colormaps
 from esegeta_monai.errors import InputError
 from esegeta_monai.report.display import PLANES, load_volume
 from esegeta_monai.report.figures import (
-    colour_scale, comparison_figure, map_figure, panel_rgb, render_comparison, render_map_figure,
+    _classification_text, colour_scale, comparison_figure, map_figure, panel_rgb, render_comparison, render_map_figure,
 )
 
 SATURATED = 60  # max - min of a pixel's RGB: the grey scan has 0, the overlay colours far more
@@ -265,7 +265,9 @@ def test_2d_image_with_classification_title(tmp_path):
     assert info.planes == ("image",) and info.rows == ("peak",) and info.peak_index == voxel
     assert not any(name.startswith("mip/") for name in drawn.panels) and "zoom/peak" in drawn.panels
     texts = [t.get_text() for t in drawn.figure.texts]
-    assert any("case 7" in t and "predicted lesion (class 1), score 2.1, p = 0.970" in t for t in texts)
+    assert any("case 7" in t and "predicted lesion (class 1): score 2.1, p = 0.970" in t for t in texts)
+    other = {"predicted": 0, "predicted_name": "absent", "target": 1, "name": "lesion", "score": -3.7, "probability": 0.0004}
+    assert _classification_text(other) == "predicted absent (class 0) · explained lesion (class 1): score -3.7, p < 0.001"
     assert {"R", "L", "A", "P"} <= set(texts)
     rgb = drawn.rgb()
     for name in ("peak/image", "zoom/peak"):

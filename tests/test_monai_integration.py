@@ -21,6 +21,7 @@ from monai.networks.nets import UNet
 from monai.transforms import Compose, Invertd, SaveImaged
 
 import esegeta_monai.maps
+from esegeta_monai.apps.cli import main
 from esegeta_monai.monai.bundle import load_bundle, shipped_config
 from esegeta_monai.apps.config import MethodSpec, RunConfig
 from esegeta_monai.errors import BundleError, ConfigError, EsegetaError, MethodError
@@ -120,6 +121,12 @@ def test_handler_resumes_a_second_evaluation(tiny, tmp_path):
     assert len(evaluate(["saliency"], force=True)) == 6
     records = json.loads((tmp_path / "esegeta_manifest.json").read_text())["records"]
     assert len(records) == 4 and all(r["status"] == "ok" for r in records)
+    # `esegeta report` on the handler's folder: figures and scenes into its journal, and the HTML
+    assert main(["-q", "report", str(tmp_path)]) == 0
+    added = [json.loads(line) for line in (tmp_path / "esegeta_journal.jsonl").read_text().splitlines()]
+    figures = [e for e in added if e.get("kind") == "figure"]
+    assert len(figures) == 6 and all(e["status"] == "ok" for e in figures)  # 4 maps, 2 comparisons
+    assert (tmp_path / "report" / "index.html").is_file() and not (tmp_path / "manifest.json").exists()
 
 
 def test_transform_batch_two_equals_two_batch_one(tiny):

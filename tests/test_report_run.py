@@ -146,3 +146,13 @@ def test_workers_make_the_figures_of_their_own_images(tiny, tmp_path):
         if record.kind in ("figure", "scene"):
             assert record.worker == workers[record.path.split("/")[0]]  # drawn where its maps were made
     assert os.getpid() not in {int(r.worker.split(":")[1]) for r in records}
+
+
+def test_report_of_an_evaluation_folder_shows_its_tables(tmp_path, capsys):
+    from report_fixture import add_evaluation
+
+    add_evaluation(tmp_path)  # `esegeta evaluate --out` writes tables and figures, no journal
+    assert main(["-q", "report", str(tmp_path)]) == 0
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "evaluation" in html.lower() and "<table" in html
+    assert main(["-q", "report", str(tmp_path / "empty")]) == 2  # neither a run nor an evaluation

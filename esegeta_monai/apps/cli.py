@@ -304,23 +304,26 @@ def _targets(args) -> int:
 
 
 def _journal_of(out: str):
-    from esegeta_monai.jobs.journal import JOURNAL_NAME, Journal
+    from esegeta_monai.jobs.journal import JOURNAL_NAME, folder_journal
 
-    journal = Journal(out)
+    journal = folder_journal(out)
     if not journal.path.is_file():
         raise EsegetaError(f"{Path(out) / JOURNAL_NAME}: no journal here; give the output folder of an `esegeta explain` run")
     return journal
 
 
 def _report(args) -> int:
+    from esegeta_monai.jobs.journal import JOURNAL_NAME, folder_journal
     from esegeta_monai.jobs.progress import summarise, summary_lines
     from esegeta_monai.report.html import write_report
     from esegeta_monai.report.render import render_folder
 
-    journal = _journal_of(args.out)
-    records = render_folder(args.out, force=args.force) if args.figures else []
+    evaluation_only = (Path(args.out) / "evaluation.csv").is_file() and not folder_journal(args.out).path.is_file()
+    journal = None if evaluation_only else _journal_of(args.out)  # an `esegeta evaluate` folder has tables only
+    records = render_folder(args.out, force=args.force) if args.figures and journal is not None else []
     index = write_report(args.out, title=args.title)
-    journal.write_manifest()
+    if journal is not None and journal.path.name == JOURNAL_NAME:  # the handler's folder keeps its own manifest name
+        journal.write_manifest()
     if records:
         for line in summary_lines(summarise(records))[2:]:
             print(line.strip())

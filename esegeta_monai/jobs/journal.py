@@ -41,11 +41,13 @@ from esegeta_monai.jobs.atomic import Publish, atomic_write_json
 from esegeta_monai.jobs.fingerprint import file_digest
 from esegeta_monai.jobs.record import Record, now_iso, worker_name
 
-__all__ = ["Journal", "manifest_view", "latest_records", "JOURNAL_NAME", "MANIFEST_NAME", "MANIFEST_FORMAT", "MANIFEST_EVERY"]
+__all__ = ["Journal", "folder_journal", "HANDLER_JOURNAL_NAME", "manifest_view", "latest_records", "JOURNAL_NAME", "MANIFEST_NAME", "MANIFEST_FORMAT", "MANIFEST_EVERY"]
 
 logger = logging.getLogger(__name__)
 
 JOURNAL_NAME = "journal.jsonl"
+#: the Ignite handler's journal (its folder is shared with the bundle's own outputs)
+HANDLER_JOURNAL_NAME = "esegeta_journal.jsonl"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "esegeta-manifest/2"
 #: seconds between two regenerations of the manifest while a run goes on (and one at its end)
@@ -85,6 +87,15 @@ def _view(runs: list[dict[str, Any]], latest: Mapping[str, Record], header: Mapp
         "records": records,
         "outputs": outputs,
     }
+
+
+def folder_journal(folder: str | os.PathLike) -> Journal:
+    """The journal of an output folder: ``journal.jsonl`` (the command's), or the Ignite handler's
+    ``esegeta_journal.jsonl`` when only that one is there."""
+    folder = Path(folder)
+    if not (folder / JOURNAL_NAME).exists() and (folder / HANDLER_JOURNAL_NAME).exists():
+        return Journal(folder, name=HANDLER_JOURNAL_NAME)
+    return Journal(folder)
 
 
 class Journal:

@@ -40,7 +40,7 @@ from esegeta_monai.core.targets import Target
 from esegeta_monai.errors import ConfigError
 from esegeta_monai.jobs.atomic import remove_stale_temporaries
 from esegeta_monai.jobs.fingerprint import DigestCache, state_digest, tensor_digest
-from esegeta_monai.jobs.journal import MANIFEST_EVERY, Journal
+from esegeta_monai.jobs.journal import HANDLER_JOURNAL_NAME, MANIFEST_EVERY, Journal
 from esegeta_monai.jobs.plan import Job, Unit, plan_units, reserve_names
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.jobs.resume import is_done
@@ -189,7 +189,7 @@ class ExplainHandler:
             return
         out = check_output_dir(self.output_dir)
         remove_stale_temporaries(out, legacy=False)  # the folder is shared with the bundle's own outputs
-        self.journal = Journal(out, name="esegeta_journal.jsonl")
+        self.journal = Journal(out, name=HANDLER_JOURNAL_NAME)
         prior = self.journal.records()
         self._digests = DigestCache(entry for record in prior for entry in record.inputs)
         self.run = self.journal.start_run({"out": str(out), "version": __version__, "handler": "ExplainHandler",

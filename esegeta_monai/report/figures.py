@@ -78,6 +78,8 @@ ZOOM_MM = 25.0
 DPI = 100
 #: a thumbnail's longest side (pixels) and the panels it shows, the first one drawn
 THUMBNAIL_PX = 320
+#: zlib level of the PNGs: 1 writes ~4× faster than the default 6, for files ~1.3× larger
+PNG_COMPRESSION = 1
 THUMBNAIL_PANELS = ("peak/axial", "peak/image")
 WIDTH_PX = 1600
 MAX_HEIGHT_PX = 2400
@@ -282,14 +284,14 @@ class DrawnFigure:
         with ``thumbnail``, also the first plane through the peak (axial, or the 2D image) alone,
         at most :data:`THUMBNAIL_PX` wide, to that path (drawn once for both)."""
         rgb = self.rgb()
-        Image.fromarray(rgb).save(str(path), format="PNG")
+        Image.fromarray(rgb).save(str(path), format="PNG", compress_level=PNG_COMPRESSION)
         self.info.path = str(path)
         if thumbnail is not None:
             panel = next((self.panels[k] for k in THUMBNAIL_PANELS if k in self.panels), None)
             left, top, right, bottom = panel.box() if panel is not None else (0, 0, rgb.shape[1], rgb.shape[0])
             small = Image.fromarray(rgb[top:bottom, left:right])
             small.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX), Image.Resampling.LANCZOS)
-            small.save(str(thumbnail), format="PNG")
+            small.save(str(thumbnail), format="PNG", compress_level=PNG_COMPRESSION)
         return self.info
 
 
@@ -849,7 +851,8 @@ def _overlay_row(sheet: _Sheet, scene: _Scene, shown: _Map, row: _Row, point: tu
             crop = _zoom_crop(volume, plane, point)
             zoomed = drawn.panels[f"zoom/{name}"] = _draw_panel(sheet, scene, rgb, plane, point, row.boxes[-1], crop)
             _mark_zoom(sheet, panel, crop)
-            _panel_title(sheet, zoomed, _zoom_title(volume, plane, crop))
+            if titles:
+                _panel_title(sheet, zoomed, _zoom_title(volume, plane, crop))
     _row_label(sheet, row, heading, **({"fontweight": "bold"} if bold else {}))
     last = row.boxes[-1]
     drawn.bars[name] = _colour_bar(sheet, row, last[0] + last[2], shown.scale, shown.label)
@@ -930,14 +933,21 @@ def _headline(title: str, label: str, classification: dict | None) -> str:
 
 
 def _classification_text(classification: dict) -> str:
-    predicted, name = classification.get("predicted"), classification.get("name")
+    """``predicted lesion (class 1): score 5.13, p > 0.999``; when the explained class (``target``)
+    is another one, what the network predicted and then the explained class's score."""
+    predicted, name, target = classification.get("predicted"), classification.get("name"), classification.get("target")
+    scores = ""
+    if classification.get("score") is not None:
+        scores += f"score {float(classification['score']):.3g}"
+    if classification.get("probability") is not None:
+        scores += f"{', ' if scores else ''}p {_probability(float(classification['probability']))}"
+    if target is not None and predicted is not None and target != predicted:
+        other = classification.get("predicted_name")
+        text = f"predicted {other} (class {predicted})" if other else f"predicted class {predicted}"
+        return f"{text} · explained {name} (class {target})" + (f": {scores}" if scores else "")
     text = "predicted " + (f"{name} (class {predicted})" if name is not None and predicted is not None
                            else str(name if name is not None else predicted))
-    if classification.get("score") is not None:
-        text += f", score {float(classification['score']):.3g}"
-    if classification.get("probability") is not None:
-        text += f", p {_probability(float(classification['probability']))}"
-    return text
+    return text + (f": {scores}" if scores else "")
 
 
 def _probability(value: float) -> str:

@@ -47,7 +47,7 @@ import jinja2
 
 from esegeta_monai import __version__
 from esegeta_monai.jobs.atomic import atomic_path
-from esegeta_monai.jobs.journal import JOURNAL_NAME, Journal
+from esegeta_monai.jobs.journal import folder_journal
 from esegeta_monai.jobs.naming import image_stem, safe_name
 from esegeta_monai.jobs.record import KINDS, STATUSES, Record, now_iso
 from esegeta_monai.report.render import thumbnail_path
@@ -61,7 +61,6 @@ INDEX_ERROR_CHARS = 300
 #: the width (CSS pixels) of a thumbnail in the index
 THUMBNAIL_WIDTH = 200
 #: the journal the Ignite handler writes in a bundle's output folder
-HANDLER_JOURNAL_NAME = "esegeta_journal.jsonl"
 EVALUATION_FILES = ("evaluation.csv", "evaluation.json", "ranking.json")
 
 
@@ -438,13 +437,6 @@ def _default_title(out: Path, runs: list[dict[str, Any]]) -> str:
     return f"{PurePosixPath(str(bundle)).name} — {out.resolve().name}" if bundle else f"esegeta report — {out.resolve().name}"
 
 
-def _journal(out: Path) -> Journal:
-    """The folder's journal: ``journal.jsonl``, or the Ignite handler's ``esegeta_journal.jsonl``."""
-    if not (out / JOURNAL_NAME).exists() and (out / HANDLER_JOURNAL_NAME).exists():
-        return Journal(out, name=HANDLER_JOURNAL_NAME)
-    return Journal(out)
-
-
 def _write(path: Path, text: str) -> Path:
     """Write ``text`` as UTF-8, atomically (whatever the locale's encoding)."""
     with atomic_path(path) as temporary:
@@ -460,7 +452,7 @@ def write_report(out: str | os.PathLike, *, title: str | None = None) -> Path:
         title: the report's title (default: the bundle's and the folder's names).
     """
     out = Path(out)
-    journal = _journal(out)
+    journal = folder_journal(out)
     entries, latest = journal.entries(), journal.latest_by_path()
     runs = {e.get("run"): _run_view(e, journal.records()) for e in entries if e.get("type") == "run"}
     where = shlex.quote(str(out.resolve()))

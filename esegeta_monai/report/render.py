@@ -31,7 +31,7 @@ from typing import Any
 
 from esegeta_monai.jobs.atomic import atomic_path
 from esegeta_monai.jobs.fingerprint import job_key
-from esegeta_monai.jobs.journal import Journal
+from esegeta_monai.jobs.journal import Journal, folder_journal
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.jobs.resume import intact, is_done
 
@@ -117,7 +117,7 @@ def thumbnail_path(figure: str) -> str:
 def render_folder(out: str | Path, *, force: bool = False, run: str | None = None,
                   progress: Callable[[Record], Any] | None = None) -> list[Record]:
     """Make every figure and scene of an output folder that is missing or out of date."""
-    journal = Journal(out)
+    journal = folder_journal(out)
     records = []
     for outputs in image_outputs(journal.latest_by_path(), out).values():
         for record in render_image(out, journal, outputs, run=run, force=force):
@@ -152,8 +152,8 @@ def _jobs(out: Path, outputs: ImageOutputs) -> list[_Job]:
             thumbnail.parent.mkdir(exist_ok=True)
             with atomic_path(thumbnail, ".png") as small:
                 render_map_figure(scan, out / record.path, path, prediction=prediction, region_label=region,
-                                  title=_title(outputs, record), classification=_classification(details, record),
-                                  label_names=names, thumbnail=small)
+                                  title=f"{outputs.folder} — {_target_title(record)}", label=record.method,
+                                  classification=_classification(details, record), label_names=names, thumbnail=small)
 
         jobs.append(_Job(f"{outputs.folder}/figures/{stem}.png", "figure", record.method, record.target,
                          job_key({**common, "figure": "map", "map": record.sha256, "region": region}), [record], draw))
@@ -250,10 +250,6 @@ def _region_label(record: Record) -> int | None:
 def _target_title(record: Record) -> str:
     name = f" ({record.class_name})" if record.class_name else ""
     return f"{record.target_spec or record.target}{name}"
-
-
-def _title(outputs: ImageOutputs, record: Record) -> str:
-    return f"{outputs.folder} — {record.method} — {_target_title(record)}"
 
 
 def _classification(details: Mapping[str, Any], record: Record) -> dict[str, Any] | None:
