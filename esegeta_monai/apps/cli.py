@@ -107,6 +107,16 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--no-figures", dest="figures", action="store_false",
                         help="only the HTML pages, from the figures that exist")
     report.add_argument("--title", help="the report's title (default: the folder's name)")
+    gui = sub.add_parser("gui", parents=[common], help="a local web application: pick a bundle, scans and methods, run, view")
+    gui.add_argument("--root", action="append", dest="roots", metavar="DIR",
+                     help="a folder whose bundles and scans the GUI may read (repeatable; default: the current "
+                          "folder and the shipped demo bundles)")
+    gui.add_argument("--out", default="esegeta_gui_out", help="where jobs and uploads are written (default: esegeta_gui_out)")
+    gui.add_argument("--host", default="127.0.0.1", help="the interface to listen on (default 127.0.0.1; others print a warning)")
+    gui.add_argument("--port", type=int, default=0, help="the port (default 0: a free one)")
+    gui.add_argument("--no-browser", dest="browser", action="store_false", help="do not open a browser")
+    gui.add_argument("--max-upload-mb", type=float, default=512, help="largest upload accepted (MiB, default 512)")
+    gui.add_argument("--max-parallel", type=int, default=1, help="jobs running at once (default 1; the others queue)")
     slicer = sub.add_parser("slicer", parents=[common], help="print the command that opens an image's scene in 3D Slicer")
     slicer.add_argument("out", help="the output folder of a run")
     slicer.add_argument("--image", help="the image folder's name (default: the only one; else all are listed)")
@@ -353,6 +363,13 @@ def _slicer(args) -> int:
     return 0
 
 
+def _gui(args) -> int:
+    from esegeta_monai.apps.gui import serve
+
+    return serve(args.roots, args.out, host=args.host, port=args.port, open_browser=args.browser,
+                 max_upload_mb=args.max_upload_mb, max_parallel=args.max_parallel)
+
+
 def main(argv: list[str] | None = None) -> int:
     from esegeta_monai.jobs.console import configure_console
 
@@ -360,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_console(logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO)
     try:
         return {"explain": _explain, "methods": _methods, "targets": _targets, "layers": _layers, "manifest": _manifest,
-                "bundle-config": _bundle_config, "evaluate": _evaluate, "report": _report, "slicer": _slicer}[args.command](args)
+                "bundle-config": _bundle_config, "evaluate": _evaluate, "report": _report, "slicer": _slicer, "gui": _gui}[args.command](args)
     except EsegetaError as error:
         print(f"esegeta: error: {error}", file=sys.stderr)
         return 2

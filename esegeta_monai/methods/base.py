@@ -8,18 +8,22 @@ Example:
     >>> from esegeta_monai.methods import get_method
     >>> get_method("integrated_gradients").validate({"n_steps": 16})["n_steps"]
     16
+    >>> row = get_method("integrated_gradients").describe()["params"][0]
+    >>> row["name"], row["default"], row["type"], row["choices"]
+    ('n_steps', 50, 'int', None)
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from esegeta_monai.errors import MethodError
 
-__all__ = ["Param", "Method", "positive_int", "non_negative_number", "positive_number", "is_int", "one_of", "is_bool", "SEED"]
+__all__ = ["Param", "Method", "json_safe", "positive_int", "non_negative_number", "positive_number", "is_int", "one_of", "is_bool", "SEED"]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,63 @@ class Param:
     check: Callable[[Any], bool] | None = None
     help: str = ""
     expects: str = ""
+
+    def describe(self, name: str) -> dict[str, Any]:
+        """The parameter as a form needs it (``esegeta methods --json``, the GUI): its name, JSON-safe
+        default, help, what it expects, the allowed values (``choices``, or None), its ``type``
+        (``int``, ``float``, ``bool``, ``str`` or ``any``) and whether None is allowed (``nullable``)."""
+        choices = getattr(self.check, "choices", None)
+        return {
+            "name": name,
+            "default": json_safe(self.default),
+            "help": self.help,
+            "expects": self.expects or (f"one of {', '.join(map(repr, choices))}" if choices else ""),
+            "choices": [json_safe(c) for c in choices] if choices else None,
+            "type": _value_type(self, choices),
+            "nullable": self.default is None or _accepts(self.check, None),
+        }
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` if JSON has it (numbers, text, booleans, None, lists and string-keyed dicts of
+    those), else its ``repr``."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: json_safe(v) for k, v in value.items()}
+    return repr(value)
+
+
+def _accepts(check: Callable[[Any], bool] | None, value: Any) -> bool:
+    if check is None:
+        return True
+    try:
+        return bool(check(value))
+    except Exception:  # a check written for other types
+        return False
+
+
+#: probe values by type: a parameter's type is the set of these its check accepts
+_PROBES = (("bool", True), ("int", 3), ("float", 0.5), ("str", "x"), ("list", [1]))
+
+
+def _value_type(param: Param, choices) -> str:
+    """The type of a parameter's values: from its choices, else from what its check accepts."""
+    if choices:
+        values = list(choices)
+    elif param.check is None:
+        values = [param.default]
+    else:
+        values = [v for _, v in _PROBES if _accepts(param.check, v)]
+    kinds = {"bool" if isinstance(v, bool) else "int" if isinstance(v, int) else "float" if isinstance(v, float)
+             else "str" if isinstance(v, str) else "any" for v in values if v is not None}  # a list: any
+    if kinds == {"int", "float"}:
+        return "float"
+    return kinds.pop() if len(kinds) == 1 else "any"
 
 
 def is_int(value) -> bool:
@@ -111,7 +172,8 @@ class Method:
         """Attribution of ``inputs`` (B, C, *spatial) for the pass's target."""
         raise NotImplementedError
 
-    def describe(self) -> dict[str, str]:
+    def describe(self) -> dict[str, Any]:
+        """The method's row of ``esegeta methods --json``: what it is, and its parameter table."""
         return {
             "name": self.name,
             "family": self.family,
@@ -119,4 +181,5 @@ class Method:
             "dims": self.dims,
             "tasks": self.tasks,
             "summary": self.summary,
+            "params": [param.describe(key) for key, param in self.params.items()],
         }

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import difflib
 import logging
+from typing import Any
 
 from esegeta_monai.errors import MethodError
 
@@ -58,8 +59,9 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def method_table() -> list[dict[str, str]]:
-    """One row per method: name, family, library, dims, tasks, summary."""
+def method_table() -> list[dict[str, Any]]:
+    """One row per method: name, family, library, dims, tasks, summary and ``params`` (its
+    parameter table: name, default, help, expects, choices, type, nullable)."""
     return [get_method(name).describe() for name in available_methods()]
 
 
