@@ -145,13 +145,20 @@ def _secured(response: Response) -> ASGIApp:
 
 
 class _Static(StaticFiles):
-    """The page's static files; a 404 that says so when they are not installed."""
+    """The page's static files (revalidated on every load, so an upgrade never runs old scripts);
+    a 404 that says so when they are not installed."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not STATIC.is_dir():
             await PlainTextResponse(f"the GUI's static files are not installed ({STATIC})", 404)(scope, receive, send)
             return
-        await super().__call__(scope, receive, send)
+
+        async def revalidated(message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"cache-control", b"no-cache")]}
+            await send(message)
+
+        await super().__call__(scope, receive, revalidated)
 
 
 @functools.lru_cache(maxsize=1)

@@ -1,0 +1,226 @@
+"""The GUI end to end in a real browser: Debian's chromium driven by Playwright (never a downloaded
+browser) against the real server, started in this process on a free port.
+
+It opens the token URL, picks the demo bundle and its sample, selects saliency and integrated
+gradients (4 steps), runs, waits for the job, opens the viewer, and checks with the canvas's
+pixels that NiiVue draws the scan and the map over it (overlay opacity 1 against 0), that the
+comparison viewer's cursor follows the first one's, and that nothing is fetched from anywhere but
+the server. The screenshots are kept in the test's temporary folder (and copied to
+``$ESEGETA_GUI_SCREENSHOTS`` when that is set).
+
+Without chromium or the playwright package the module is skipped, unless ``CI`` is set or
+``ESEGETA_REQUIRE_BROWSER=1``: then it fails and says what to install.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import secrets
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# SwiftShader gives WebGL2 without a GPU (NiiVue needs it); newer Chromium wants it asked for
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
+VIEWPORT = {"width": 1280, "height": 800}
+JOB_TIMEOUT_MS = 180_000
+
+
+def _unavailable(reason: str) -> None:
+    if os.environ.get("CI") or os.environ.get("ESEGETA_REQUIRE_BROWSER") == "1":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason, allow_module_level=True)
+
+
+def _chromium() -> str:
+    executable = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(executable).is_file():
+        _unavailable("Debian's chromium is not installed: apt-get install chromium")
+    return executable
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The GUI on 127.0.0.1 and a free port, served by uvicorn in a thread of this process."""
+    uvicorn = pytest.importorskip("uvicorn")
+    from esegeta_monai.apps.gui import create_app
+
+    token = secrets.token_urlsafe(16)
+    app = create_app(roots=[REPO / "bundles"], out=tmp_path_factory.mktemp("gui_out"), token=token)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    instance = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=instance.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not instance.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert instance.started, "the GUI server did not start"
+    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    yield SimpleNamespace(base=base, token=token, app=app)
+    instance.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _unavailable("the playwright package is not installed: pip install playwright (no browser download needed)")
+    executable = _chromium()
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory):
+    """Where the screenshots go: the test's temporary folder (pytest keeps the last few runs)."""
+    folder = tmp_path_factory.mktemp("gui_screenshots")
+    yield folder
+    extra = os.environ.get("ESEGETA_GUI_SCREENSHOTS")
+    if extra:
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        for png in folder.glob("*.png"):
+            shutil.copy2(png, Path(extra) / png.name)
+
+
+def pixels(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(np.int16)
+
+
+def assert_not_blank(image: np.ndarray) -> None:
+    colours = np.unique(image.reshape(-1, 3), axis=0)
+    assert len(colours) > 200, f"only {len(colours)} colours: the canvas is (nearly) blank"
+    assert image.std() > 20, f"contrast {image.std():.1f}: the canvas is (nearly) uniform"
+
+
+def changed_share(a: np.ndarray, b: np.ndarray, level: int = 40) -> float:
+    """The share of pixels whose colour differs by more than ``level`` in some channel."""
+    return float((np.abs(a - b).max(axis=2) > level).mean())
+
+
+def warm_share(image: np.ndarray) -> float:
+    """The share of clearly warm (red/orange/yellow) pixels: the map's colours, never the grey scan's."""
+    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    return float(((red - blue > 80) & (red > 150)).mean())
+
+
+def settle(page) -> None:
+    """Two animation frames: NiiVue's last draw is on screen."""
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    page.wait_for_timeout(200)
+
+
+def test_gui_end_to_end(server, browser, shots):
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    requested, errors = [], []
+    page.on("request", lambda request: requested.append(request.url))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+
+    # the token URL sets the cookie and comes back without the token
+    page.goto(f"{server.base}/?token={server.token}#bundle")
+    assert "token" not in page.url, page.url
+    cookies = context.cookies()
+    assert [(c["name"], c["httpOnly"]) for c in cookies] == [("esegeta_token", True)], cookies
+
+    # 1 bundle: the demo, its metadata shown
+    demo = page.locator('.bundle-card[data-bundle-id$=":vessel_mra_demo"]')
+    demo.click()
+    assert demo.get_attribute("aria-checked") == "true", "the bundle card is not marked as chosen"
+    detail = page.locator("#bundle-detail").inner_text()
+    assert "1 vessel" in detail and "64 × 64 × 64" in detail, detail  # its classes and window
+    page.screenshot(path=str(shots / "1_bundle.png"))
+
+    # 2 scans: the sample is preselected
+    page.click("#bundle-next")
+    selected = page.locator("#scan-selected .selected-name").all_inner_texts()
+    assert selected == ["vessel_phantom_0.nii.gz"], selected
+    page.screenshot(path=str(shots / "2_scans.png"))
+
+    # 3 methods: saliency and integrated gradients with 4 steps; the default target
+    page.click("#scans-next")
+    page.check("#method-saliency")
+    page.check("#method-integrated_gradients")
+    page.fill("#opt-integrated_gradients-n_steps", "4")
+    assert page.input_value("#targets") == "argmax:1", page.input_value("#targets")
+    plan = page.locator("#plan-summary").inner_text()
+    assert plan.startswith("2 maps"), plan
+    page.screenshot(path=str(shots / "3_methods.png"))
+
+    # 4 run: the job appears, goes on and ends done (its live progress comes by server-sent events)
+    page.click("#run-button")
+    job = page.locator(".job").first
+    job.wait_for()
+    page.wait_for_selector('.job[data-status="done"], .job[data-status="failed"], .job[data-status="cancelled"]',
+                           timeout=JOB_TIMEOUT_MS)
+    page.screenshot(path=str(shots / "4_run.png"))
+    assert job.get_attribute("data-status") == "done", job.inner_text()
+    assert "2 of 2 maps" in job.inner_text(), job.inner_text()
+
+    # 5 results: the viewer shows the scan with the first map over it
+    job.get_by_role("button", name="View results").click()
+    page.wait_for_selector('#viewers[data-state="ready"]', timeout=60_000)
+    maps = sorted(page.locator(".map-btn").all_inner_texts())
+    assert maps == ["integrated_gradients · argmax1 (vessel)", "saliency · argmax1 (vessel)"], maps
+    page.locator('.map-btn[data-method="saliency"]').click()
+    page.wait_for_selector('#viewers[data-state="ready"]')
+    canvas = page.locator("#canvas-a")
+    page.fill("#opacity", "1")
+    settle(page)
+    shown = pixels(canvas.screenshot(path=str(shots / "5_viewer_overlay.png")))
+    page.fill("#opacity", "0")
+    settle(page)
+    hidden = pixels(canvas.screenshot(path=str(shots / "5_viewer_scan_only.png")))
+    assert_not_blank(shown)
+    assert_not_blank(hidden)
+    assert changed_share(shown, hidden) > 0.02, "the overlay's opacity does not change the canvas"
+    assert warm_share(shown) > warm_share(hidden) + 0.01, "no warm overlay colours where the map should be"
+    page.fill("#opacity", "0.8")
+    settle(page)
+    page.screenshot(path=str(shots / "gui_viewer.png"))
+
+    # the comparison: a second viewer whose cursor follows the first one's
+    page.check("#compare-toggle")
+    page.wait_for_function("() => document.querySelector('#viewers').dataset.state === 'ready' && "
+                           "!document.querySelector('#viewer-b').hidden")
+    settle(page)
+    other = page.locator("#canvas-b")
+    before = pixels(other.screenshot())
+    assert_not_blank(before)
+    box = canvas.bounding_box()
+    side = min(box["width"], box["height"])  # the 2 × 2 grid of planes is centred: aim inside its top-left plane
+    page.mouse.click(box["x"] + box["width"] / 2 - side / 5, box["y"] + box["height"] / 2 - side / 5)
+    settle(page)
+    after = pixels(other.screenshot())
+    assert changed_share(before, after, level=60) > 0.001, "the second viewer's cursor did not follow"
+    location = page.locator("#viewer-location").inner_text()
+    assert location.startswith("Cursor at") and "saliency" in location, location
+    page.screenshot(path=str(shots / "gui_compare.png"))
+
+    # the report's figures load, and nothing came from anywhere but the server
+    page.locator("#figure-strip img").first.scroll_into_view_if_needed()
+    page.wait_for_function("() => Array.from(document.querySelectorAll('#figure-strip img')).every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("#figure-strip img").count() == 3, "one figure per map and the comparison"
+    report = page.locator("#report-link").get_attribute("href")
+    assert report.endswith("/report/index.html"), report
+    assert requested and all(url.startswith(server.base) for url in requested), [u for u in requested if not u.startswith(server.base)]
+    assert not errors, errors
+    context.close()
