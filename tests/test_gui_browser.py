@@ -26,27 +26,11 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from browser_helpers import CHROMIUM_ARGS, WEBGL_ARGS, chromium, sync_playwright
 
 REPO = Path(__file__).resolve().parents[1]
-# SwiftShader gives WebGL2 without a GPU (NiiVue needs it); newer Chromium wants it asked for
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--use-angle=swiftshader", "--enable-unsafe-swiftshader"]
 VIEWPORT = {"width": 1280, "height": 800}
 JOB_TIMEOUT_MS = 180_000
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") or os.environ.get("ESEGETA_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-def _chromium() -> str:
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(executable).is_file():
-        _unavailable("Debian's chromium is not installed: apt-get install chromium")
-    return executable
 
 
 @pytest.fixture(scope="module")
@@ -76,13 +60,9 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed: pip install playwright (no browser download needed)")
-    executable = _chromium()
+    executable = chromium()
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS + WEBGL_ARGS, headless=True)
         yield browser
         browser.close()
 
@@ -118,7 +98,7 @@ def changed_share(a: np.ndarray, b: np.ndarray, level: int = 40) -> float:
 
 def warm_share(image: np.ndarray) -> float:
     """The share of clearly warm (red/orange/yellow) pixels: the map's colours, never the grey scan's."""
-    red, green, blue = image[..., 0], image[..., 1], image[..., 2]
+    red, blue = image[..., 0], image[..., 2]
     return float(((red - blue > 80) & (red > 150)).mean())
 
 

@@ -10,41 +10,21 @@ Without chromium or the playwright package the module is skipped, unless ``CI`` 
 from __future__ import annotations
 
 import io
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from browser_helpers import CHROMIUM_ARGS, chromium, sync_playwright
 from report_fixture import ODD, PLAIN, add_evaluation, build_output_folder
 
 from esegeta_monai.report.html import THUMBNAIL_WIDTH, write_report
 
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 VIEWPORT = {"width": 1280, "height": 900}
-
-
-def _unavailable(reason: str) -> None:
-    if os.environ.get("CI") or os.environ.get("ESEGETA_REQUIRE_BROWSER") == "1":
-        pytest.fail(reason, pytrace=False)
-    pytest.skip(reason, allow_module_level=True)
-
-
-def _chromium() -> str:
-    executable = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(executable).is_file():
-        _unavailable("Debian's chromium is not installed: apt-get install chromium")
-    return executable
 
 
 @pytest.fixture(scope="module")
 def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        _unavailable("the playwright package is not installed: pip install playwright (no browser download needed)")
-    executable = _chromium()
+    executable = chromium()
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True)
         yield browser
