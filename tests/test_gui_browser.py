@@ -15,6 +15,7 @@ Without chromium or the playwright package the module is skipped, unless ``CI`` 
 from __future__ import annotations
 
 import io
+import re
 import os
 import secrets
 import shutil
@@ -109,6 +110,8 @@ def settle(page) -> None:
 
 
 def test_gui_end_to_end(server, browser, shots):
+    from playwright.sync_api import expect  # auto-waiting assertions (the browser fixture checked playwright is there)
+
     context = browser.new_context(viewport=VIEWPORT)
     page = context.new_page()
     requested, errors = [], []
@@ -123,16 +126,15 @@ def test_gui_end_to_end(server, browser, shots):
 
     # 1 bundle: the demo, its metadata shown
     demo = page.locator('.bundle-card[data-bundle-id$=":vessel_mra_demo"]')
-    demo.click()
-    assert demo.get_attribute("aria-checked") == "true", "the bundle card is not marked as chosen"
-    detail = page.locator("#bundle-detail").inner_text()
-    assert "1 vessel" in detail and "64 × 64 × 64" in detail, detail  # its classes and window
+    demo.click()  # the page fills in what it fetched a moment later: expect() waits for it (5 s at most)
+    expect(demo).to_have_attribute("aria-checked", "true")
+    expect(page.locator("#bundle-detail")).to_contain_text("1 vessel")  # its classes
+    expect(page.locator("#bundle-detail")).to_contain_text("64 × 64 × 64")  # and window
     page.screenshot(path=str(shots / "1_bundle.png"))
 
     # 2 scans: the sample is preselected
     page.click("#bundle-next")
-    selected = page.locator("#scan-selected .selected-name").all_inner_texts()
-    assert selected == ["vessel_phantom_0.nii.gz"], selected
+    expect(page.locator("#scan-selected .selected-name")).to_have_text(["vessel_phantom_0.nii.gz"])
     page.screenshot(path=str(shots / "2_scans.png"))
 
     # 3 methods: saliency and integrated gradients with 4 steps; the default target
@@ -140,9 +142,8 @@ def test_gui_end_to_end(server, browser, shots):
     page.check("#method-saliency")
     page.check("#method-integrated_gradients")
     page.fill("#opt-integrated_gradients-n_steps", "4")
-    assert page.input_value("#targets") == "argmax:1", page.input_value("#targets")
-    plan = page.locator("#plan-summary").inner_text()
-    assert plan.startswith("2 maps"), plan
+    expect(page.locator("#targets")).to_have_value("argmax:1")
+    expect(page.locator("#plan-summary")).to_have_text(re.compile(r"^2 maps"))
     page.screenshot(path=str(shots / "3_methods.png"))
 
     # 4 run: the job appears, goes on and ends done (its live progress comes by server-sent events)
@@ -158,6 +159,7 @@ def test_gui_end_to_end(server, browser, shots):
     # 5 results: the viewer shows the scan with the first map over it
     job.get_by_role("button", name="View results").click()
     page.wait_for_selector('#viewers[data-state="ready"]', timeout=60_000)
+    expect(page.locator(".map-btn")).to_have_count(2)
     maps = sorted(page.locator(".map-btn").all_inner_texts())
     assert maps == ["integrated_gradients · argmax1 (vessel)", "saliency · argmax1 (vessel)"], maps
     page.locator('.map-btn[data-method="saliency"]').click()
