@@ -156,3 +156,15 @@ def test_report_of_an_evaluation_folder_shows_its_tables(tmp_path, capsys):
     html = (tmp_path / "report" / "index.html").read_text()
     assert "evaluation" in html.lower() and "<table" in html
     assert main(["-q", "report", str(tmp_path / "empty")]) == 2  # neither a run nor an evaluation
+
+
+def test_figures_are_never_drawn_over_a_scan_that_changed_after_its_maps(tiny, tmp_path):
+    scan = write_image(tmp_path / "scan.nii.gz", shape=(18, 26, 14), seed=3)
+    out = tmp_path / "out"
+    assert main(["-q", "explain", "--bundle", str(tiny.bundle), "--out", str(out), "--no-progress", "--image", str(scan),
+                 "--methods", "saliency", "--no-figures"]) == 0
+    write_image(scan, shape=(18, 26, 14), seed=4)  # same name and shape, another image
+    assert main(["-q", "report", str(out)]) == 1
+    records = [r for r in latest(out).values() if r.kind in ("figure", "scene")]
+    assert records and all(r.status == "failed" and "changed since its maps were made" in r.error for r in records)
+    assert not list(out.rglob("*.png")) and not (out / "scan" / "scene.mrml").exists()

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -29,8 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from esegeta_monai.errors import InputError
 from esegeta_monai.jobs.atomic import atomic_path
-from esegeta_monai.jobs.fingerprint import job_key
+from esegeta_monai.jobs.fingerprint import DigestCache, job_key
 from esegeta_monai.jobs.journal import Journal, folder_journal
 from esegeta_monai.jobs.record import Record
 from esegeta_monai.jobs.resume import intact, is_done
@@ -135,9 +137,10 @@ def _jobs(out: Path, outputs: ImageOutputs) -> list[_Job]:
     scan = _scan_path(outputs)
     if scan is None:
         return []
+    scan_digest = DigestCache(e for r in outputs.maps for e in r.inputs).digest(scan)  # re-hashed only if it changed
     prediction = _prediction_file(out, outputs)
     details = _prediction_details(out, outputs)
-    common = {"version": RENDER_VERSION, "scan": outputs.scan_digest(),
+    common = {"version": RENDER_VERSION, "scan": scan_digest,
               "prediction": outputs.prediction.sha256 if outputs.prediction is not None else None}
     names = {int(k): v.get("name", k) for k, v in (details.get("classes") or {}).items()} if details else None
     jobs = []
@@ -174,7 +177,16 @@ def _jobs(out: Path, outputs: ImageOutputs) -> list[_Job]:
         job_key({**common, "scene": [r.sha256 for r in outputs.maps]}), list(outputs.maps),
         lambda path: write_scene(path, scan, maps, prediction=prediction, label_names=names),
     ))
+    if outputs.scan_digest() not in (None, scan_digest):  # never a map drawn over another image
+        for job in jobs:
+            job.draw = functools.partial(_scan_changed, scan)
     return jobs
+
+
+def _scan_changed(scan: Path, path: Path) -> None:
+    raise InputError(f"{scan} changed since its maps were made (its SHA-256 is not the one their records hold), so "
+                     "they would be drawn over another image. Fix: run `esegeta explain` again on it (its maps are "
+                     "remade), then the figures follow")
 
 
 def _run_job(out: Path, journal: Journal, outputs: ImageOutputs, job: _Job, run: str | None) -> Record:
@@ -201,6 +213,7 @@ def _run_job(out: Path, journal: Journal, outputs: ImageOutputs, job: _Job, run:
         logger.debug("rendering %s failed", job.path, exc_info=True)
         text = f"{type(error).__name__}: {error}"
         logger.error("%s: %s failed — %s", outputs.folder, job.path.split("/", 1)[1], text)
+        (out / thumbnail_path(job.path)).unlink(missing_ok=True)  # no picture is left of a figure that is not there
         return journal.record_failure(record("failed", error=text), stale=final)
 
 
