@@ -35,7 +35,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -98,9 +98,10 @@ class Job:
         return cls(**{k: v for k, v in mapping.items() if k in names})
 
 
-def _alive(pid: int) -> bool:
+def _alive(pid: int, probe: Callable[[int, int], None] = os.kill) -> bool:
+    """Whether process ``pid`` exists (``probe=os.killpg``: whether process group ``pid`` has a process)."""
     try:
-        os.kill(pid, 0)
+        probe(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -118,16 +119,6 @@ def _runs_in(pid: int, folder: Path) -> bool:
     except OSError:  # no /proc (macOS): trust the pid
         return True
     return any(str(folder).encode() in part for part in command) and b"esegeta_monai" in b" ".join(command)
-
-
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _signal_group(pgid: int, number: int) -> None:
@@ -338,7 +329,7 @@ class JobManager:
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.1)
         for _ in range(20):  # workers of the job: the same group
-            if not _group_alive(pid):
+            if not _alive(pid, os.killpg):
                 return
             if time.monotonic() > deadline:
                 _signal_group(pid, signal.SIGKILL)
