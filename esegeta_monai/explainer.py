@@ -72,7 +72,9 @@ class Explainer:
             the explainer computes it); the call stops at the first forward of the network (or
             window batch) past it — within one forward and its backward, whatever the method's
             internal batching — and raises :class:`~esegeta_monai.errors.MethodTimeout`.
-        method_kwargs: the method's own keywords (e.g. ``abs=False``, ``n_steps=16``).
+        method_kwargs: the method's own keywords (e.g. ``abs=False``, ``n_steps=16``). ``network``,
+            ``method`` and ``target`` are positional-only, so a method keyword of the same name
+            reaches the method: ``Explainer(net, "integrated_gradients", t, method="riemann_trapezoid")``.
 
     Calling the explainer on ``x`` returns attributions shaped like ``x`` (one channel for
     CAMs); a MetaTensor input gives a MetaTensor with the same meta. ``prediction=`` reuses a
@@ -99,6 +101,7 @@ class Explainer:
         network: torch.nn.Module,
         method: str | Method,
         target: Target | str,
+        /,
         roi_size: Sequence[int] | int | None = None,
         overlap: Sequence[float] | float = 0.25,
         mode: str = "gaussian",
