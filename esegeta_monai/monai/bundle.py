@@ -17,11 +17,13 @@ Example:
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import os
 import pickle
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +37,9 @@ from monai.bundle.reference_resolver import ReferenceResolver
 
 from esegeta_monai.errors import BundleError, ConfigError
 from esegeta_monai.core.windows import WINDOW_SETTINGS, WindowSettings, inferer_settings
+from esegeta_monai.monai.bundle_compat import checkpoint_source, cpu_torch_loads, missing_module, pip_name, reader_fallbacks
+from esegeta_monai.monai.bundle_imports import bundle_import_path
+from esegeta_monai.monai.slices import SliceNetwork, is_slice_inferer, slice_window_settings
 
 __all__ = [
     "bundle_files","Bundle", "load_bundle", "shipped_config", "INFERENCE_CONFIG_NAMES"]
@@ -43,6 +48,9 @@ logger = logging.getLogger(__name__)
 
 #: Inference config file names looked up in ``<bundle>/configs/``, in this order.
 INFERENCE_CONFIG_NAMES = ("inference.json", "inference.yaml", "inference.yml")
+#: weight files looked for in ``<bundle>/models/`` when the config names none that exists
+DEFAULT_WEIGHTS = ("model.pt", "model.ts")
+WEIGHT_SUFFIXES = (".pt", ".pth", ".ts", ".ckpt")
 
 
 @dataclass
@@ -71,6 +79,11 @@ class Bundle:
         weights_path: the weights file loaded (``None`` when no network was built).
         device: the device of the network.
         inferer_object: the parsed ``inferer`` itself (``None`` if the config has none).
+        slice_dim: for a ``SliceInferer`` bundle, the slice axis: ``network`` is then the 2D
+            network lifted to volumes (:class:`~esegeta_monai.monai.slices.SliceNetwork`) and
+            ``inferer`` the equivalent 3D window (``None`` otherwise).
+        notes: what was adapted to this machine while reading (a CUDA ``map_location`` mapped to
+            the CPU, an ITK reader replaced), for the log and the records.
     """
 
     root: Path
@@ -90,6 +103,8 @@ class Bundle:
     weights_path: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     inferer_object: Any = None
+    slice_dim: int | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
     def window(self) -> WindowSettings:
@@ -109,8 +124,13 @@ def bundle_files(bundle_dir: str | os.PathLike, weights: str | os.PathLike | Non
     root = Path(bundle_dir).expanduser().resolve()
     configs = _find_configs(root, config_file) + [_extra_config(f) for f in extra_configs]
     metadata = root / "configs" / "metadata.json"
-    weights_path = Path(weights).expanduser() if weights is not None else root / "models" / "model.pt"
-    return {"configs": configs + ([metadata] if metadata.is_file() else []), "weights": [weights_path]}
+    if weights is not None:
+        weight_files = [Path(weights).expanduser()]
+    else:  # the config may name any of them (CheckpointLoader): all count
+        models = root / "models"
+        weight_files = sorted(p for p in models.iterdir() if p.suffix in WEIGHT_SUFFIXES) if models.is_dir() else []
+        weight_files = weight_files or [models / DEFAULT_WEIGHTS[0]]
+    return {"configs": configs + ([metadata] if metadata.is_file() else []), "weights": weight_files}
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -427,20 +447,9 @@ def _explain_failure(
             f"{cfg}: cannot build {purpose}: `{key}` refers to `@{name}`, which the config does not define. "
             f"Fix: add `{name}` to {cfg}{example}, or give `{key}` without that reference"
         )
-    optional = next((e for e in chain if type(e).__name__ == "OptionalImportError"), None)
-    if optional is not None:
-        found = re.search(r"package `([^`]+)`", str(optional))
-        package = found.group(1) if found else "the package named above"
-        reader_hint = ""
-        if isinstance(raw, dict) and "ITK" in str(raw.get("reader", "")):
-            reader_hint = (
-                f", or read the images with nibabel instead (NIfTI inputs): "
-                f"overrides={{'{culprit}#reader': 'NibabelReader'}}"
-            )
-        return BundleError(
-            f"{cfg}: cannot build {purpose}: {where} needs the optional package `{package}`, which is not "
-            f"installed ({_short(optional)}). Fix: pip install {package}{reader_hint}"
-        )
+    missing_text = _missing_package_text(parser, chain, raw, culprit, where, cfg, purpose)
+    if missing_text is not None:
+        return BundleError(missing_text)
     hint = ""
     if isinstance(telling, (ModuleNotFoundError, ImportError)) or "Cannot locate class" in str(telling):
         hint = (
@@ -451,6 +460,38 @@ def _explain_failure(
         f"{cfg}: cannot build {purpose}: {where} failed with {_short(telling)}. Fix: correct `{culprit}` in "
         f"{cfg}{hint} (or override it)"
     )
+
+
+_IMPORT_ERRORS = ("OptionalImportError", "ErrorDuringImport")
+
+
+def _missing_package_text(parser, chain, raw, culprit, where, cfg, purpose) -> str | None:
+    """The message for a module that is not installed (or a bundle package that is not there)."""
+    module = next((m for e in chain if (isinstance(e, ImportError) or type(e).__name__ in _IMPORT_ERRORS)
+                   and (m := missing_module(e))), None)
+    located = next((m for e in chain if (m := re.search(r"Cannot locate class or function path: '([\w.]+)'", str(e)))), None)
+    root = Path(str(parser.get("bundle_root", ".")))
+    if module is None and located is not None and "." in located.group(1):
+        module = located.group(1).split(".")[0]
+        if importlib.util.find_spec(module) is not None:
+            return None  # the package is there; the class is not: a typo in the path
+    if module is None:
+        return None
+    if module == "scripts" and not (root / module).exists():
+        return (f"{cfg}: cannot build {purpose}: {where} uses the bundle's own `scripts` package, and {root / module} "
+                "is not there. Fix: download the whole bundle (configs/, models/ and scripts/ together, e.g. with "
+                "`python -m monai.bundle download`)")
+    reader_hint = ""
+    if module == "itk" and isinstance(raw, dict) and "ITK" in str(raw.get("reader", "")):
+        reader_hint = (f", or read the images with nibabel instead (NIfTI inputs): "
+                       f"overrides={{'{culprit}#reader': 'NibabelReader'}}")
+    extra = " (or pip install 'esegeta_monai[zoo]', which has it)" if pip_name(module) in ZOO_EXTRA else ""
+    return (f"{cfg}: cannot build {purpose}: {where} needs the Python package `{pip_name(module)}` (module `{module}`), "
+            f"which is not installed. Fix: pip install {pip_name(module)}{extra}{reader_hint}")
+
+
+#: the packages of the ``zoo`` extra (pyproject.toml): what model-zoo bundles import most often
+ZOO_EXTRA = ("einops", "pytorch-ignite", "fire")
 
 
 def _parse(parser: ConfigParser, raw_config: dict, key: str, cfg: str, purpose: str) -> Any:
@@ -484,8 +525,42 @@ def _state_dict_of(obj: Any, path: Path) -> dict:
     )
 
 
+def _weights_file(parser: ConfigParser, root: Path, weights) -> tuple[Path, str | None]:
+    """The weights to load and the key of the network's state dict inside them: ``weights`` when
+    given; else the file the config's ``CheckpointLoader`` reads, when it exists; else
+    ``models/model.pt`` or the TorchScript ``models/model.ts``."""
+    if weights is not None:
+        return Path(weights).expanduser(), None
+    configured, entry, loader = checkpoint_source(parser)
+    candidates = ([configured] if configured is not None else []) + [root / "models" / name for name in DEFAULT_WEIGHTS]
+    found = next((p for p in candidates if p.is_file()), None)
+    if found is not None:
+        return found, entry if found == configured else None
+    named = f"{configured} (read by `{_display_id(loader)}`)" if configured is not None else str(root / "models" / "model.pt")
+    others = [str(p) for p in candidates[1:] if p != configured]
+    raise BundleError(
+        f"{named}: weights file not found (nor {', '.join(others)}). Fix: put "
+        "the bundle's trained weights there (e.g. `python -m monai.bundle download`), or pass another file with "
+        "weights=/--weights"
+    )
+
+
+def _read_checkpoint(path: Path, device: torch.device, weights_only: bool) -> Any:
+    """``torch.load`` of a checkpoint, or a TorchScript archive's state dict."""
+    try:
+        return torch.load(path, map_location=device, weights_only=weights_only)
+    except Exception as error:
+        try:  # a TorchScript model (model.ts): its parameters and buffers, not its code
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit.load: still how bundles ship .ts
+                return torch.jit.load(str(path), map_location=device).state_dict()
+        except Exception:  # noqa: BLE001 - not TorchScript either: report torch.load's error
+            raise error from None
+
+
 def _load_weights(
-    network: torch.nn.Module, path: Path, device: torch.device, weights_only: bool, net_key: str, cfg: str
+    network: torch.nn.Module, path: Path, device: torch.device, weights_only: bool, net_key: str, cfg: str,
+    entry: str | None = None,
 ) -> None:
     if not path.is_file():
         raise BundleError(
@@ -493,7 +568,7 @@ def _load_weights(
             "e.g. from `python -m monai.bundle download`), or pass another file with weights=/--weights"
         )
     try:
-        obj = torch.load(path, map_location=device, weights_only=weights_only)
+        obj = _read_checkpoint(path, device, weights_only)
     except pickle.UnpicklingError as e:
         if weights_only:
             raise BundleError(
@@ -507,6 +582,8 @@ def _load_weights(
             f"{path}: cannot read the weights ({_short(e)}). The file may be truncated, a TorchScript model "
             "or another format. Fix: re-download it, or give a torch.save'd state dict with weights=/--weights"
         ) from e
+    if entry is not None and isinstance(obj, Mapping) and isinstance(obj.get(entry), (Mapping, torch.nn.Module)):
+        obj = obj[entry]  # the CheckpointLoader's load_dict key (e.g. {"model": "@network"})
     state = _state_dict_of(obj, path)
     expected = network.state_dict()
     prefixed = state and all(k.startswith("module.") for k in state)
@@ -589,17 +666,20 @@ def _inferer_dict(parser: ConfigParser, raw_config: dict, cfg: str, spatial_dims
         logger.warning("%s: no `inferer` key; the whole image will be given to the network at once", cfg)
         return info, None
     inferer = _parse(parser, raw_config, "inferer", cfg, "the inferer")
-    if inferer is None or not hasattr(inferer, "roi_size"):
-        from monai.inferers import SimpleInferer
+    from monai.inferers import SimpleInferer, SlidingWindowInferer
 
-        if inferer is not None and not isinstance(inferer, SimpleInferer):
-            logger.warning(
-                "%s: `inferer` is a %s, not a sliding-window inferer; the whole image will be given to the "
-                "network at once", cfg, type(inferer).__name__,
-            )
+    if inferer is None or isinstance(inferer, SimpleInferer):
         return info, inferer
+    if not isinstance(inferer, SlidingWindowInferer):
+        raise BundleError(
+            f"{cfg}: `inferer` is a {type(inferer).__module__}.{type(inferer).__name__}, which esegeta_monai cannot "
+            "explain through: it explains through SimpleInferer, SlidingWindowInferer (and its subclasses) and "
+            "SliceInferer, whose prediction it reproduces exactly. Fix: if the network's prediction is a plain or "
+            'sliding-window forward, override `inferer`, e.g. --bundle-config with {"inferer": {"_target_": '
+            '"SlidingWindowInferer", "roi_size": [96, 96, 96]}}'
+        )
     try:
-        info.update(inferer_settings(inferer, spatial_dims))
+        info.update(slice_window_settings(inferer) if is_slice_inferer(inferer) else inferer_settings(inferer, spatial_dims))
     except ConfigError as e:
         raise BundleError(f"{cfg}: `inferer#roi_size`: {e}") from None
     return info, inferer
@@ -690,7 +770,13 @@ def load_bundle(
             f"{root}: no such bundle folder. Fix: give the path of the bundle (the folder with configs/ and models/)"
         )
     root = root.resolve()
-    device = torch.device(device)
+    with bundle_import_path(root):  # `scripts.*` of the bundle, as `monai.bundle run` from its folder finds them
+        return _read_bundle(root, config_file, weights, torch.device(device), weights_only, build_network, overrides,
+                            remove_keys, extra_configs)
+
+
+def _read_bundle(root: Path, config_file, weights, device: torch.device, weights_only: bool, build_network: bool,
+                 overrides, remove_keys, extra_configs) -> Bundle:
     files = _find_configs(root, config_file) + [_extra_config(f) for f in extra_configs]
     cfg = ", ".join(str(f) for f in files)
     for f in files:
@@ -724,6 +810,9 @@ def load_bundle(
             raise BundleError(
                 f"remove_keys: `{key}` is not in {cfg} ({_short(e)}). Fix: use an existing config id"
             ) from e
+    notes = cpu_torch_loads(parser) + reader_fallbacks(parser)  # what the config assumes of the machine
+    for note in notes:
+        logger.warning("%s: %s", cfg, note)
     # the raw view used in messages, after overrides
     raw_config = copy.deepcopy({k: v for k, v in parser.get().items() if k != "device"})
 
@@ -753,8 +842,8 @@ def load_bundle(
                 '"_target_" naming a network class (third-party classes need their full dotted path)'
             )
         network = network.to(device)
-        weights_path = Path(weights).expanduser() if weights is not None else root / "models" / "model.pt"
-        _load_weights(network, weights_path, device, weights_only, net_key, cfg)
+        weights_path, entry = _weights_file(parser, root, weights)
+        _load_weights(network, weights_path, device, weights_only, net_key, cfg, entry)
         network.eval()
 
     preprocessing = None
@@ -782,6 +871,11 @@ def load_bundle(
         spatial_dims = len(in_meta["spatial_shape"]) or None
 
     inferer, inferer_object = _inferer_dict(parser, raw_config, cfg, spatial_dims)
+    slice_dim = None
+    if is_slice_inferer(inferer_object):  # a 2D network over the slices of volumes: a 3D network to explain
+        slice_dim = int(inferer_object.spatial_dim)
+        spatial_dims = 3
+        network = SliceNetwork(network, slice_dim).eval() if network is not None else None
     if spatial_dims is None and inferer["roi_size"] is not None:
         spatial_dims = len(inferer["roi_size"])
 
@@ -803,4 +897,6 @@ def load_bundle(
         weights_path=weights_path,
         device=device,
         inferer_object=inferer_object,
+        slice_dim=slice_dim,
+        notes=notes,
     )

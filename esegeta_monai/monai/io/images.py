@@ -98,6 +98,14 @@ def loading_prefix_length(preprocessing: Any) -> int:
     return n
 
 
+def _channel_first_after(loaders) -> bool:
+    """Whether these loading transforms already put the channel first (an ``EnsureChannelFirstd``,
+    or ``LoadImaged(ensure_channel_first=True)``): only then can the shape be checked before the
+    rest of the preprocessing — the model's input shape is checked after all of it."""
+    return any(isinstance(t, EnsureChannelFirstd) or getattr(getattr(t, "_loader", None), "ensure_channel_first", False)
+               for t in loaders)
+
+
 def _check_image(
     img: Any, path: Path, stage: str, expected_channels: int | None, expected_spatial_dims: int | None
 ) -> None:
@@ -278,7 +286,8 @@ def load_for_explanation(
                 "the file, and check that it opens in another viewer (e.g. 3D Slicer)"
             ) from e
         img = data.get(image_key) if isinstance(data, Mapping) else None
-        _check_image(img, path, "after loading,", expected_channels, expected_spatial_dims)
+        if not isinstance(img, torch.Tensor):
+            _check_image(img, path, "after loading,", None, None)
         _align_with_file(img, geometry, path, notes, can_fix=True)
         _handle_nonfinite(img, path, nan_policy, "after loading,", notes)
         try:
@@ -287,6 +296,8 @@ def load_for_explanation(
         except InputError:
             raise
         except Exception as e:
+            if _channel_first_after(preprocessing.transforms[:n_load]):  # the shape, if wrong, says more than the failure
+                _check_image(img, path, "after loading,", expected_channels, expected_spatial_dims)
             raise InputError(
                 f"{path}: the preprocessing failed on this image ({_describe(e)}). "
                 "Fix: check that the image is of the kind the bundle expects (modality, dimensions, "
