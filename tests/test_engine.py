@@ -228,8 +228,9 @@ def test_changes_when_weights_are_randomised(unet3d, volume):
 )
 def test_bad_method_or_target_is_a_clear_error(unet3d, kwargs, error, message):
     kwargs = {"target": ArgmaxRegion(1), **kwargs}
+    method, target = kwargs.pop("method"), kwargs.pop("target")  # positional-only (a method may have a `method` keyword)
     with pytest.raises(error, match=message):
-        Explainer(unet3d, **kwargs)
+        Explainer(unet3d, method, target, **kwargs)
 
 
 def test_bad_inputs_are_clear_errors(unet3d, volume):

@@ -153,7 +153,8 @@ class UnitRunner:
         bundle = self.bundle
         try:
             data = load_for_explanation(unit.image, bundle.preprocessing, bundle.image_key, expected_channels=bundle.in_channels,
-                                        expected_spatial_dims=bundle.spatial_dims, nan_policy=self.config.nan_policy)
+                                        expected_spatial_dims=bundle.spatial_dims, nan_policy=self.config.nan_policy,
+                                        files=unit.files)
         except EsegetaError as error:
             logger.error("%s: every method fails — %s", unit.folder, error_text(error))
             yield from self._fail(unit, jobs + ([unit.prediction] if unit.prediction else []), error_text(error), start)
@@ -390,7 +391,7 @@ def _run(config: RunConfig, given: Bundle | None, ranks: Ranks | None, group: Pr
     folders, target_names = reserve_names(journal, [i.image for i in inputs], targets)
     units = plan_units([i.image for i in inputs], config.methods, targets, _common_key_parts(config, bundle, window, digests),
                        WRITER_FORMATS[config.format][0], folders, target_names, digests, owned=ranks.owns if ranks else None,
-                       prediction_suffix=_prediction_suffix(config, bundle))
+                       prediction_suffix=_prediction_suffix(config, bundle), case_files={i.image: i.files for i in inputs if i.files})
     latest = journal.latest_by_path()
     skipped = 0
 

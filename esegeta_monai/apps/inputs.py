@@ -9,6 +9,13 @@ with a message; name them with ``--image`` to explain them).
 Relative paths in a list are relative to the list's folder, as MONAI's
 ``load_decathlon_datalist`` reads them. An image listed twice runs once (reported once).
 
+A case made of several files (BraTS: four MRI sequences stacked as channels; several CT phases
+under their own keys) is given as ``KEY=FILE`` pairs: on the command line every ``--image
+KEY=FILE`` forms one case (a key given several times is a list, stacked by ``LoadImaged`` in that
+order); in a datalist an entry's ``image`` may be a list and other keys may name files; in a CSV,
+a cell may list files separated by ``;`` and other columns may name files. The keys are checked
+against the bundle's ``LoadImaged`` when the case is read.
+
 Example:
     >>> import json, pathlib, tempfile
     >>> from esegeta_monai.apps.inputs import collect_inputs
@@ -29,6 +36,7 @@ import glob
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -51,10 +59,42 @@ LABEL_ENDINGS = ("label", "labels", "seg", "mask", "gt")
 
 @dataclass(frozen=True)
 class ImageInput:
-    """One image of a run and, when a list gives one, its label (ground truth) file."""
+    """One image of a run and, when a list gives one, its label (ground truth) file.
+
+    ``files`` holds the ``(key, file)`` pairs of a case made of several files, in order (empty for a
+    one-file case); ``image`` is then its first file, which names the case and its outputs.
+    """
 
     image: str
     label: str | None = None
+    files: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def case(cls, pairs, label: str | None = None) -> ImageInput:
+        """A case from ``(key, file)`` pairs; a single ``image`` file is a plain input."""
+        pairs = tuple((str(k), str(v)) for k, v in pairs)
+        if not pairs:
+            raise ConfigError("a case needs at least one file")
+        if len(pairs) == 1 and pairs[0][0] == "image":
+            return cls(pairs[0][1], label)
+        first = next((v for k, v in pairs if k == "image"), pairs[0][1])
+        return cls(first, label, pairs)
+
+
+_PAIR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)=(.+)$")
+
+
+def split_pairs(paths: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """``--image`` values as plain paths and ``KEY=FILE`` pairs (a value that is an existing path
+    is a path, even with ``=`` in its name)."""
+    plain, pairs = [], []
+    for value in paths:
+        found = _PAIR.match(value)
+        if found and not os.path.exists(value):
+            pairs.append((found.group(1), os.path.expanduser(found.group(2))))
+        else:
+            plain.append(value)
+    return plain, pairs
 
 
 def expand_patterns(paths: Sequence[str]) -> list[str]:
@@ -128,8 +168,8 @@ def read_image_list(path: str | os.PathLike, section: str | None = None) -> list
         for number, entry in enumerate(_datalist_entries(payload, path, section)):
             if isinstance(entry, str):
                 inputs.append(ImageInput(_relative_to(base, entry)))
-            elif isinstance(entry, dict) and isinstance(entry.get("image"), str):
-                inputs.append(ImageInput(_relative_to(base, entry["image"]), _relative_to(base, entry.get("label"))))
+            elif isinstance(entry, dict) and isinstance(entry.get("image"), (str, list)) and entry["image"]:
+                inputs.append(ImageInput.case(_entry_files(entry, base), _relative_to(base, entry.get("label"))))
             else:
                 raise ConfigError(f"{path}: entry {number} has no 'image' path: {entry!r}")
         return inputs
@@ -138,16 +178,38 @@ def read_image_list(path: str | os.PathLike, section: str | None = None) -> list
             reader = csv.DictReader(stream, delimiter="\t" if suffix == ".tsv" else ",")
             if reader.fieldnames is None or "image" not in reader.fieldnames:
                 raise ConfigError(f"{path}: a CSV list needs an 'image' column (and may have 'label'); columns: {reader.fieldnames}")
-            return [ImageInput(_relative_to(base, row["image"]), _relative_to(base, row.get("label")))
+            return [ImageInput.case(_entry_files({k: _cell(v) for k, v in row.items() if k}, base),
+                                    _relative_to(base, row.get("label")))
                     for row in reader if (row.get("image") or "").strip()]
     lines = [line.strip() for line in path.read_text().splitlines()]
     return [ImageInput(_relative_to(base, line)) for line in lines if line and not line.startswith("#")]
 
 
+def _cell(value: str | None):
+    """A CSV cell: one file, or several separated by ``;``."""
+    parts = [p.strip() for p in (value or "").split(";") if p.strip()]
+    return parts if len(parts) > 1 else (parts[0] if parts else "")
+
+
+def _entry_files(entry: dict, base: Path) -> list[tuple[str, str]]:
+    """The ``(key, file)`` pairs of a datalist entry or CSV row: ``image`` first (a list is stacked),
+    then every other key whose value names image files (``label`` is the ground truth, not an input)."""
+    pairs = []
+    for key in ["image", *[k for k in entry if k not in ("image", "label")]]:
+        values = entry[key] if isinstance(entry[key], list) else [entry[key]]
+        files = [v for v in values if isinstance(v, str) and v.lower().endswith(IMAGE_SUFFIXES)]
+        if key == "image" or (files and len(files) == len(values)):
+            pairs += [(key, _relative_to(base, v)) for v in values if isinstance(v, str) and v]
+    return pairs
+
+
 def collect_inputs(images: Sequence[str] = (), lists: Sequence[str] = (), section: str | None = None) -> list[ImageInput]:
     """Every input of a run in order: ``images`` (files, globs) then each list's; an image
     listed more than once is kept once (its first label) and reported once."""
-    inputs = [ImageInput(p) for p in expand_patterns(list(images))]
+    plain, pairs = split_pairs(list(images))
+    inputs = [ImageInput(p) for p in expand_patterns(plain)]
+    if pairs:  # every KEY=FILE of the command line: one case
+        inputs.append(ImageInput.case(pairs))
     for path in lists:
         inputs.extend(read_image_list(path, section))
     counts = Counter(identity_of(i.image) for i in inputs)

@@ -79,6 +79,7 @@ class Unit:
     inputs: list[dict[str, Any]] = field(default_factory=list)  #: digests of the files read (for the journal)
     error: str | None = None  #: the image cannot be read: every job fails with this
     prediction: Job | None = None  #: the prediction's label map to write, when asked for and not done
+    files: tuple[tuple[str, str], ...] = ()  #: a case of several files: its ``(key, file)`` pairs (``image`` is the first)
 
     @property
     def pending(self) -> int:
@@ -167,6 +168,7 @@ def plan_units(
     owned: Callable[[int], bool] | None = None,
     image_digests: Mapping[str, str] | None = None,
     prediction_suffix: str | None = None,
+    case_files: Mapping[str, Sequence[tuple[str, str]]] | None = None,
 ) -> list[Unit]:
     """The units of a run, one per image, in the order of ``images``.
 
@@ -185,6 +187,8 @@ def plan_units(
             by the name given in ``images``.
         prediction_suffix: also plan each image's prediction (a label map,
             ``<image folder>/prediction<suffix>``; method ``prediction``, kind ``prediction``).
+        case_files: for the images that are cases of several files, their ``(key, file)`` pairs:
+            every file is digested into the jobs' keys (role ``image:<key>`` in ``Unit.inputs``).
     """
     digests = digests or DigestCache()
     folders, target_names = assign_names(images, targets, previous_folders, previous_targets)
@@ -196,17 +200,23 @@ def plan_units(
         if owned is not None and not owned(index):
             continue
         folder = folders[identity_of(image)]
-        unit = Unit(image, folder, [])
+        files = tuple((case_files or {}).get(image, ()))
+        unit = Unit(image, folder, [], files=files)
         try:
             if image_digests and image in image_digests:
                 image_digest = image_digests[image]
+            elif files:
+                entries = [digests.entry(path) for _, path in files]
+                unit.inputs.extend({"role": f"image:{key}", **entry} for (key, _), entry in zip(files, entries))
+                image_digest = job_key({"case": [[key, entry["sha256"]] for (key, _), entry in zip(files, entries)]})
             else:
                 entry = digests.entry(image)
                 unit.inputs.append({"role": "image", **entry})
                 image_digest = entry["sha256"]
         except OSError as error:
             image_digest = None
-            unit.error = f"{image}: cannot read the image file ({error.strerror or error}); check the path"
+            name = getattr(error, "filename", None) or image
+            unit.error = f"{name}: cannot read the image file ({error.strerror or error}); check the path"
         for identity, target in target_specs.items():
             target_part, target_error = _target_part(target, digests, unit)
             for method, options in resolved:

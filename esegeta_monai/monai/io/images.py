@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ from esegeta_monai.errors import InputError
 from esegeta_monai.monai.io.geometry import NiftiGeometry, affine_problem, nifti_geometry, same_affine
 from esegeta_monai.monai.io.readers import add_reader_to
 
-__all__ = ["load_for_explanation", "default_preprocessing", "loading_prefix_length", "NAN_POLICIES", "WARNINGS_KEY"]
+__all__ = ["load_for_explanation", "case_data", "loader_keys", "default_preprocessing", "loading_prefix_length", "NAN_POLICIES", "WARNINGS_KEY"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,6 +121,14 @@ def _check_image(
         if sp is not None:
             on_disk = f" (file spatial shape {tuple(int(s) for s in torch.as_tensor(sp).tolist())})"
     spatial = len(shape) - 1
+    if (expected_spatial_dims is not None and expected_channels and expected_channels > 1
+            and spatial == expected_spatial_dims - 1 and stage.startswith("after preprocessing")):
+        raise InputError(
+            f"{path}: after the preprocessing the image has shape {shape}{on_disk}: one {expected_spatial_dims}D volume "
+            f"without a channel axis, and the model takes {expected_channels} channels that its preprocessing stacks "
+            f"from {expected_channels} files (LoadImaged of a list). Fix: give the case's {expected_channels} files in "
+            "the model's channel order, each as --image image=FILE (e.g. --image image=t1c.nii.gz --image "
+            "image=t1.nii.gz …), or a datalist entry whose \"image\" is the list of files")
     if expected_spatial_dims is not None and spatial != expected_spatial_dims:
         raise InputError(
             f"{path}: {stage} the image has shape {shape}{on_disk}, i.e. {spatial} spatial dimension(s) "
@@ -217,6 +225,67 @@ def _handle_nonfinite(img: torch.Tensor, path: Path, nan_policy: str, stage: str
     )
 
 
+def loader_keys(preprocessing: Any) -> tuple[list[str], list[str]]:
+    """The keys the preprocessing's ``LoadImaged`` transforms read: (required, optional)."""
+    required, optional = [], []
+    for t in getattr(preprocessing, "transforms", None) or []:
+        if isinstance(t, LoadImaged):
+            bucket = optional if getattr(t, "allow_missing_keys", False) else required
+            bucket.extend(str(k) for k in t.keys if str(k) not in required + optional)
+    return required, optional
+
+
+def case_data(files: Sequence[tuple[str, str]], preprocessing: Any, image_key: str, name: str) -> dict:
+    """The data dict of a case of several files (``(key, file)`` pairs; a key given several times
+    is a list, which ``LoadImaged`` stacks as channels), checked against the keys the
+    preprocessing reads and, for stacked files, against each other's grid."""
+    grouped: dict[str, list[str]] = {}
+    for key, file in files:
+        grouped.setdefault(key, []).append(str(Path(file).expanduser()))
+    required, optional = loader_keys(preprocessing)
+    reads = required + optional
+    if reads:
+        unknown = [k for k in grouped if k not in reads]
+        missing = [k for k in required if k not in grouped]
+        if unknown or missing:
+            problem = (f"{', '.join(unknown)} {'is' if len(unknown) == 1 else 'are'} not read by it" if unknown
+                       else f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} missing")
+            raise InputError(
+                f"{name}: the bundle's preprocessing reads the keys {', '.join(reads)} (LoadImaged), and of this case's "
+                f"keys ({', '.join(grouped)}) {problem}. Fix: give one --image KEY=FILE per file, with these keys "
+                f"(repeat a key to stack files as channels, e.g. --image {reads[0]}=t1.nii.gz --image {reads[0]}=t2.nii.gz)")
+    for key, paths in grouped.items():
+        for path in paths:
+            if not Path(path).exists():
+                raise InputError(f"{path}: no such file (key {key!r} of the case {name}). Fix: check the path")
+        if len(paths) > 1:
+            _check_same_grid(paths, key)
+    if image_key not in grouped:
+        raise InputError(f"{name}: the case has no {image_key!r} file, the key the bundle explains. Fix: give --image {image_key}=FILE")
+    return {key: paths if len(paths) > 1 else paths[0] for key, paths in grouped.items()}
+
+
+def _check_same_grid(paths: Sequence[str], key: str) -> None:
+    """Files stacked as channels lie on the first file's grid (MONAI keeps its affine): refuse
+    files whose shape or affine differ, whose maps would be misaligned."""
+    import nibabel as nib
+
+    first = None
+    for path in paths:
+        geometry = nifti_geometry(Path(path))
+        if geometry is None:
+            return  # not NIfTI: MONAI's reader checks the shapes when it stacks them
+        shape = tuple(nib.load(path).shape[:3])
+        if first is None:
+            first = (path, shape, geometry.affine)
+        elif shape != first[1] or not same_affine(geometry.affine, first[2]):
+            raise InputError(
+                f"{path}: stacked with {first[0]} as channels of {key!r}, but it lies on another grid (shape {shape} vs "
+                f"{first[1]}, or another affine); the stacked image would take the first file's grid and the maps would "
+                "be misaligned with this one. Fix: resample the files of a case onto one grid first (e.g. with 3D "
+                "Slicer's Resample Scalar/Vector/DWI Volume, or SimpleITK)")
+
+
 def load_for_explanation(
     path: str | os.PathLike,
     preprocessing: Callable[[Mapping], Any] | None = None,
@@ -224,6 +293,7 @@ def load_for_explanation(
     expected_channels: int | None = None,
     expected_spatial_dims: int | None = None,
     nan_policy: str = "error",
+    files: Sequence[tuple[str, str]] = (),
 ) -> dict:
     """Read an image file and apply a bundle's preprocessing to it, checking it on the way.
 
@@ -242,6 +312,8 @@ def load_for_explanation(
             refuses the image with an :class:`InputError` giving the count; ``"zero"`` replaces them
             by 0 before the rest of the preprocessing, with a logged warning. A preprocessing
             that itself produces non-finite values is always an error.
+        files: a case of several files, as ``(key, file)`` pairs (:func:`case_data`); ``path`` is
+            then its first ``image_key`` file, whose grid the maps are written on.
 
     Returns:
         The data dict after the preprocessing. ``data[image_key]`` is a ``MetaTensor``
@@ -269,7 +341,16 @@ def load_for_explanation(
     add_reader_to(preprocessing)  # MHA, NRRD, DICOM through SimpleITK when no other reader takes them
 
     n_load = loading_prefix_length(preprocessing)
-    data: Any = {image_key: str(path)}
+    if files:
+        data: Any = case_data(files, preprocessing, image_key, str(path))
+    else:
+        required = [k for k in loader_keys(preprocessing)[0] if k != image_key]
+        if required:
+            raise InputError(
+                f"{path}: the bundle's preprocessing reads a case of several files, under the keys "
+                f"{', '.join([image_key, *required])} (LoadImaged). Fix: give each file as --image KEY=FILE "
+                f"(e.g. --image {image_key}={path.name} --image {required[0]}=OTHER_FILE), or a datalist with these keys")
+        data = {image_key: str(path)}
     if n_load:
         # stage 1: read the file only, so that reader failures and shape problems are reported as such
         try:
