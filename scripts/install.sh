@@ -21,6 +21,13 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "$VENV/bin/python" -m pip install --quiet "$TORCH_SPEC"
 fi
 "$VENV/bin/python" -m pip install --quiet -e ".[test]"
+# TorchRay (CC BY-NC 4.0), a test reference, only where asked (ESEGETA_TORCHRAY=1; CI sets it): --no-deps,
+# as its declared requirements pull torchvision (and with it another torch); the extra has what it imports
+if [ "${ESEGETA_TORCHRAY:-0}" = "1" ]; then
+    "$VENV/bin/python" -m pip install --quiet --no-deps "torchray==1.0.0.2"
+    "$VENV/bin/python" -m pip install --quiet -e ".[test,torchray]"
+    echo "installed: torchray $("$VENV/bin/python" -c 'import torchray; print(torchray.__version__)') (CC BY-NC 4.0, tests only)"
+fi
 "$VENV/bin/esegeta" methods > /dev/null
 echo "installed: $("$VENV/bin/python" -c 'import torch, monai, captum, esegeta_monai; print(f"esegeta_monai {esegeta_monai.__version__}, torch {torch.__version__}, monai {monai.__version__}, captum {captum.__version__}")')"
 

@@ -1,9 +1,6 @@
-"""Excitation backprop and its contrastive variant against a hand computation (numpy), TorchRay
-(optional oracle), and their probability mass through sliding windows; linear_approx against
-Captum."""
-
-import sys
-import types
+"""Excitation backprop and its contrastive variant against a hand computation (numpy) and their
+probability mass through sliding windows; linear_approx against Captum. TorchRay's maps of both
+(and of linear_approx): tests/test_torchray_parity.py."""
 
 import numpy as np
 import pytest
@@ -97,37 +94,6 @@ def test_layer_maps_are_blended_and_batch_of_two_equals_two_of_one():
         assert batched.shape == (2, 1, 16, 16, 16) and float(batched.abs().sum()) > 0 and torch.isfinite(batched).all()
         separate = torch.cat([explainer(x[:1]), explainer(x[1:])])
         torch.testing.assert_close(batched, separate, rtol=1e-4, atol=1e-6 * float(batched.abs().max()))
-
-
-def _torchray(monkeypatch):
-    """TorchRay, importing without torchvision (only its ResNet patch needs it)."""
-    pytest.importorskip("torchray")
-    try:
-        __import__("torchvision.models.resnet")
-    except Exception:  # absent, or built for another torch
-        stub = types.ModuleType("torchvision.models.resnet")
-        stub.ResNet = stub.Bottleneck = stub.BasicBlock = type("Unused", (), {})
-        for name, module in (("torchvision", types.ModuleType("torchvision")), ("torchvision.models", types.ModuleType("torchvision.models")),
-                             ("torchvision.models.resnet", stub)):
-            monkeypatch.setitem(sys.modules, name, module)
-    from torchray.attribution import excitation_backprop, linear_approx
-
-    return excitation_backprop, linear_approx
-
-
-def test_torchray_parity(classifier2d, monkeypatch):
-    excitation, linear = _torchray(monkeypatch)
-    torch.manual_seed(3)
-    x = torch.rand(1, 1, 16, 16)
-    ours = Explainer(classifier2d, "excitation_backprop", ClassScore(2), layer="3")(x)
-    theirs = excitation.excitation_backprop(classifier2d, x.clone(), 2, saliency_layer="3", resize=True)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
-    ours = Explainer(classifier2d, "contrastive_excitation_backprop", ClassScore(2), layer="3", contrast_layer="5")(x)
-    theirs = excitation.contrastive_excitation_backprop(classifier2d, x.clone(), 2, saliency_layer="3", contrast_layer="5", resize=True)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
-    ours = Explainer(classifier2d, "linear_approx", ClassScore(2), layer="3")(x)
-    theirs = linear.linear_approx(classifier2d, x.clone(), 2, saliency_layer="3", resize=True)
-    torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-7)
 
 
 def test_linear_approx_equals_captum_gradient_x_activation_summed(classifier2d):
