@@ -178,7 +178,7 @@ class Explainer:
             plan = self._plan(x)
             weights = None if self.local and self.target.needs_prediction else self._output_weights(x, plan, prediction)
             yield WindowPass(
-                WeightedOutput(self.network, self.target.class_index, self.amp and self.method.amp_safe, deadline),
+                WeightedOutput(self.network, self.target.class_index, self.amp and self.method.amp_safe, deadline, self.target),
                 plan,
                 self.target,
                 weights,
@@ -222,7 +222,20 @@ class Explainer:
         )
 
     def _output_shape(self, x: torch.Tensor, plan: WindowPlan) -> tuple[int, ...]:
-        """Shape of the stitched output, from one window's forward (cached)."""
+        """Shape of the stitched output as far as a target that reads no prediction needs it.
+
+        A spatial target (mask, box, voxel) costs no forward: its output lies on the input's grid
+        and only its class channel is weighted, so ``(B, class + 1, *spatial)`` stands for it;
+        every forward's output is then checked against the target
+        (:func:`~esegeta_monai.core.window_pass.check_window_output`). A class score, which may
+        be a classifier's or summed over a segmentation, learns it from :meth:`_probed_shape`."""
+        if self.target.spatial:
+            return (x.shape[0], self.target.class_index + 1, *x.shape[2:])
+        return self._probed_shape(x, plan)
+
+    def _probed_shape(self, x: torch.Tensor, plan: WindowPlan) -> tuple[int, ...]:
+        """Shape of the stitched output from one window's forward of one image (cached per input
+        and window size)."""
         key = (tuple(x.shape[2:]), tuple(plan.importance.shape[2:]))
         if key not in self._output_shapes:
             with torch.no_grad():
@@ -237,7 +250,7 @@ class Explainer:
         """The output shape ``(B, K)`` if the network is a classifier, else None (also when
         one window's forward fails)."""
         try:
-            shape = self._output_shape(x, plan)
+            shape = self._probed_shape(x, plan)
         except Exception:
             return None
         return shape if len(shape) == 2 else None
@@ -256,7 +269,7 @@ class Explainer:
                         raise
             prediction = (prediction.as_tensor() if isinstance(prediction, MetaTensor) else prediction).to(x.device)
             output = prediction
-        else:  # only the shape matters (from a given prediction, else one window's forward); an expanded zero costs no memory
+        else:  # only the shape matters (a given prediction's, else _output_shape's); an expanded zero costs no memory
             shape = tuple(prediction.shape) if prediction is not None else self._output_shape(x, plan)
             output = torch.zeros((), device=x.device).expand(shape)
         _check_output_grid(output, x, plan, self.target)

@@ -27,9 +27,9 @@ from tqdm.auto import tqdm
 
 from esegeta_monai.core.targets import Target
 from esegeta_monai.core.windows import WindowPlan, layer_affine, layer_grid
-from esegeta_monai.errors import InputError, MethodError, MethodTimeout
+from esegeta_monai.errors import InputError, MethodError, MethodTimeout, TargetError
 
-__all__ = ["WindowPass", "WeightedOutput", "Deadline", "first_output", "frozen_eval", "amp_dtype", "with_meta_of"]
+__all__ = ["WindowPass", "WeightedOutput", "check_window_output", "Deadline", "first_output", "frozen_eval", "amp_dtype", "with_meta_of"]
 
 
 def first_output(output):
@@ -131,24 +131,50 @@ class WeightedOutput(torch.nn.Module):
     """``x, C -> Σ_spatial net(x)[:, c] ⊙ C``: one scalar per window, what Captum attributes.
 
     ``C`` holds the weights of the target's class channel ``c`` only (the other channels'
-    weights are zero). The forward runs under autocast when ``amp`` is set; the product is
-    taken in float32. A ``deadline`` is checked before each forward (for networks that run
-    no Python hooks, see :meth:`Deadline.watching`).
+    weights are zero); a ``C`` of shape ``(B, 1)`` weights every voxel of a spatial output
+    alike (a class score explained on the whole image). The forward runs under autocast when
+    ``amp`` is set; the product is taken in float32. A ``deadline`` is checked before each
+    forward (for networks that run no Python hooks, see :meth:`Deadline.watching`); with a
+    ``target`` every output is checked against it (:func:`check_window_output`), so a target
+    that reads no prediction needs no forward of its own to learn the output's shape.
     """
 
-    def __init__(self, network: torch.nn.Module, channel: int, amp: bool = False, deadline: Deadline | None = None):
+    def __init__(self, network: torch.nn.Module, channel: int, amp: bool = False, deadline: Deadline | None = None,
+                 target: Target | None = None):
         super().__init__()
         self.network = network
         self.channel = int(channel)
         self.amp = amp
         self.deadline = deadline
+        self.target = target
 
     def forward(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         if self.deadline is not None:
             self.deadline.check()
         with torch.autocast(x.device.type, dtype=amp_dtype(x.device), enabled=self.amp):
             output = first_output(self.network(x))
-        return (output[:, self.channel : self.channel + 1].float() * weight).flatten(1).sum(1)
+        if self.target is not None:
+            check_window_output(self.target, output, x)
+        scores = output[:, self.channel : self.channel + 1].float()
+        if weight.ndim < scores.ndim:  # (B, 1): the same weight for every voxel
+            weight = weight.view(*weight.shape, *[1] * (scores.ndim - weight.ndim))
+        return (scores * weight).flatten(1).sum(1)
+
+
+def check_window_output(target: Target, output: torch.Tensor, x: torch.Tensor) -> None:
+    """Raise :class:`~esegeta_monai.errors.TargetError` if the network's ``output`` for the
+    window batch ``x`` does not suit ``target`` (a class it lacks, a spatial target on a
+    classifier) or is not on the window's grid.
+
+    Example:
+        >>> import torch
+        >>> from esegeta_monai.core.targets import ClassScore
+        >>> check_window_output(ClassScore(1), torch.zeros(2, 3), torch.zeros(2, 1, 8, 8))  # a classifier: fine
+    """
+    target.check_output(output)
+    if output.ndim > 2 and tuple(output.shape[2:]) != tuple(x.shape[2:]):
+        raise TargetError(f"{target.name}: output spatial shape {tuple(output.shape[2:])} differs from the input's "
+                          f"{tuple(x.shape[2:])}; networks that change resolution are not supported yet")
 
 
 WindowFn = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor, dict], torch.Tensor]
@@ -210,10 +236,13 @@ class WindowPass:
             self._active[batch] = pairs
         return self._active[batch]
 
-    def _groups(self, pairs):
-        """Window batches of ``sw_batch_size`` pairs (all pairs at once for a single window);
-        none when no pair reaches the target (never an empty batch)."""
-        size = max(len(pairs), 1) if self.plan.single else self.sw_batch_size
+    def _groups(self, pairs, device: torch.device):
+        """Window batches of ``sw_batch_size`` pairs; none when no pair reaches the target (never
+        an empty batch). With one window covering the image, all images at once on an
+        accelerator — but on the CPU ``sw_batch_size`` at a time (one by default): there a batch
+        gains little speed and costs memory in proportion, so its working set stays that of
+        ``sw_batch_size`` images."""
+        size = max(len(pairs), 1) if self.plan.single and device.type != "cpu" else self.sw_batch_size
         for start in range(0, len(pairs), size):
             yield pairs[start : start + size]
 
@@ -225,24 +254,26 @@ class WindowPass:
             self.deadline.stage = f"{done}/{total} window batches done"
 
     def linear(self, inputs: torch.Tensor, window_fn: WindowFn, window_tensors: dict[str, torch.Tensor] | None = None,
-               blend: bool = False):
+               blend: bool = False, input_grad: bool = True):
         """Sum ``window_fn``'s window results into the volume (``blend=True``: weight each by
         the importance map and divide by ``W``, as the prediction is blended — for maps that
         are not linear in the output gradient, such as CAMs; such maps may be on a layer's
-        coarser grid). Returns the unpadded result."""
+        coarser grid). ``input_grad``: whether the window crops require grad — only methods
+        that differentiate with respect to the input need it; a layer or CAM method starts its
+        graph at the layer, so the forward below it is not recorded. Returns the unpadded result."""
         plan = grid = self.plan
         blend = blend or self.local
         padded = plan.pad_input(inputs)
         full = {k: plan.pad_input(_expand_like(v, inputs)) for k, v in (window_tensors or {}).items()}
         total = None
         pairs = self.active_windows(inputs.shape[0])
-        groups = list(self._groups(pairs))
+        groups = list(self._groups(pairs, padded.device))
         window_importance = plan.window_weights(padded.device)
         bar = tqdm(total=len(pairs), desc=self.label or "windows", unit="win", disable=not self.progress, leave=False)
         try:
             for done, group in enumerate(groups):
                 self.check_deadline(done, len(groups))
-                x_win = _gather(padded, group).requires_grad_(True)
+                x_win = _gather(padded, group).requires_grad_(input_grad)
                 crops = {k: _gather(v, group) for k, v in full.items()}
                 weight = self.window_weights_of(x_win, group, window_importance)
                 attribution = window_fn(self.module, x_win, weight, crops).float()

@@ -12,7 +12,8 @@ is exact and needs one forward per (perturbation, window whose input it touches)
 perturbation methods (Occlusion, FeatureAblation, ShapleyValueSampling, Lime, KernelShap …):
 called on a batch of perturbed copies (row ``r`` a copy of image ``r % B``, Captum's order),
 it finds the changed windows of each row by comparing with the clean input and re-runs only
-those, in batches of ``sw_batch_size``.
+those, in batches of ``sw_batch_size`` — or, when one window covers the image, all the rows of
+the call in one forward (``perturbations_per_eval`` copies, as Captum and MONAI batch them).
 
 Example:
     >>> import torch
@@ -111,7 +112,8 @@ class WindowedTarget:
     def _run(self, jobs, store: bool = False) -> list[float]:
         """Window terms ``s_p`` of ``(image, window, padded input)`` jobs, in batches."""
         results: list[float] = []
-        size = self.window_pass.sw_batch_size
+        # one window per image: the rows Captum passes (perturbations_per_eval copies) in one forward
+        size = max(len(jobs), 1) if self.plan.single else self.window_pass.sw_batch_size
         with torch.no_grad():
             for start in range(0, len(jobs), size):
                 self.window_pass.check_deadline(start // size, -(-len(jobs) // size))  # --timeout, between window batches

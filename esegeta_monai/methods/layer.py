@@ -78,13 +78,16 @@ class CaptumLayerMethod(NeedsLayer, Method):
     init_params: tuple[str, ...] = ()
     window_tensors: tuple[str, ...] = ()
     params = {"layer": LAYER, "reduce": REDUCE, "resolution": RESOLUTION}
+    #: whether the window crops must require grad (Captum's DeepLift hooks every non-linearity,
+    #: those below the layer too); the others start their graph at the layer
+    input_grad = False
 
     def run(self, window_pass, inputs, options):
         layer = find_layer(window_pass.module.network, options["layer"])  # once, and before any window
         tensors = {k: options[k] for k in self.window_tensors if torch.is_tensor(options.get(k))}
         with captum_steps(window_pass, options):  # the path methods' Gauss–Legendre rule, within the time budget
             return window_pass.linear(inputs, lambda module, x, weight, crops: self.window_map(module, layer, x, weight, options, crops),
-                                      window_tensors=tensors, blend=True)
+                                      window_tensors=tensors, blend=True, input_grad=self.input_grad)
 
     def window_map(self, module, layer, x, weight, options, crops):
         init = {k: options[k] for k in self.init_params}
@@ -137,6 +140,7 @@ class LayerDeepLiftMethod(CaptumLayerMethod):
     params = {**CaptumLayerMethod.params, "baselines": BASELINES, "multiply_by_inputs": MULTIPLY_BY_INPUTS}
     init_params = ("multiply_by_inputs",)
     window_tensors = ("baselines",)
+    input_grad = True
     amp_safe = False
     amp_note = "DeepLift's rescale rule underflows in float16"
 

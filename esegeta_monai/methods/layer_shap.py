@@ -70,7 +70,7 @@ class LayerGradientShapMethod(NeedsLayer, Method):
         window_fn = partial(self.window_map, layer=layer, options=options)
         total = None
         for point, noisy, base in gradient_shap_points(inputs, options):
-            maps = window_pass.linear(point, window_fn, window_tensors={"noisy": noisy, "base": base}, blend=True)
+            maps = window_pass.linear(point, window_fn, window_tensors={"noisy": noisy, "base": base}, blend=True, input_grad=False)
             total = maps if total is None else total.add_(maps)
         return total.div_(options["n_samples"])
 

@@ -6,8 +6,8 @@ ours is a :class:`~esegeta_monai.core.windowed_target.WindowedTarget`, which re-
 whose input a perturbation touches and reuses the clean terms of all others — the target's
 change is exact (the prediction's mask held fixed from the clean image, as for the gradient
 methods). ``perturbations_per_eval`` perturbed copies are evaluated per call, their changed
-windows in batches of ``sw_batch_size``: memory stays bounded by ``perturbations_per_eval``
-images and one window batch.
+windows in batches of ``sw_batch_size`` (one window covering the image: all the copies of a call
+in one forward): memory stays bounded by ``perturbations_per_eval`` images and one window batch.
 
 Features (ablation, permutation, Shapley sampling, and the surrogate methods): ``features``
 ``"slic"`` (scikit-image SLIC supervoxels of each image: ``n_segments``, ``compactness``),

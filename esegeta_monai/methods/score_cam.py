@@ -104,7 +104,7 @@ class ScoreCamMethod(NeedsLayer, Method):
         def window_fn(module, x, weight, crops):
             return upsample(layer_activation(module, layer, x, weight), x.shape[2:])
 
-        return window_pass.linear(inputs, window_fn, blend=True)
+        return window_pass.linear(inputs, window_fn, blend=True, input_grad=False)
 
     @staticmethod
     def scores(target, inputs, masks: torch.Tensor, per_eval: int) -> torch.Tensor:
