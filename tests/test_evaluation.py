@@ -161,6 +161,8 @@ def test_esegeta_evaluate_writes_tables_ranking_and_figures(tmp_path):
     assert set(ranking) == {"infidelity", "deletion", "insertion", "localisation", "randomisation"}
     assert sorted(r["method"] for r in ranking["deletion"]) == ["guided_backprop", "saliency"]
     assert (out / "randomisation_lesion_0_saliency.png").is_file() and (out / "deletion_insertion.png").is_file()
+    assert json.loads((out / "evaluation.json").read_text())["target_region"] == "fixed"  # the default, recorded
+    assert {r["target_region"] for r in rows if r["metric"] == "randomisation"} == {"fixed"}
     assert main(["evaluate", "--bundle", str(demo), "--metrics", "localisation", "--out", str(tmp_path / "x"), "-q"]) == 2  # no label
 
 

@@ -17,6 +17,13 @@ randomisation   rank correlation of |maps| after cascading randomisation of  low
                 every layer (its curve is in the JSON and the figure)
 ==============  ===========================================================  ==============
 
+Randomisation explains each randomised model with the target's region (``argmax:``, ``otsu:``)
+``target_region="fixed"`` from the trained model's prediction (default: the same function of
+the output at every step) or ``"recomputed"`` from each model's own
+(:func:`~esegeta_monai.evaluation.randomisation.explainer_randomisation`); the choice is in
+every row, in ``evaluation.json`` (``target_region``) and in the figures' titles, and each step
+of the curve records the region's size and its Dice overlap with the trained model's region.
+
 Outputs in ``out``: ``evaluation.csv`` (one row per image, method and metric, with the sample
 count and seed), ``evaluation.json`` (the same plus curves), ``ranking.json`` (per metric, the
 methods from best to worst by their mean over images) and, with matplotlib, figures
@@ -48,7 +55,7 @@ from esegeta_monai.jobs.atomic import atomic_path, atomic_write_json, atomic_wri
 from esegeta_monai.jobs.naming import image_stem, unique_names
 from esegeta_monai.jobs.plan import identity_of
 from esegeta_monai.evaluation.faithfulness import deletion_insertion, localisation
-from esegeta_monai.evaluation.randomisation import cascading_randomisation
+from esegeta_monai.evaluation.randomisation import TARGET_REGIONS, explainer_randomisation
 from esegeta_monai.evaluation.robustness import infidelity, sensitivity
 from esegeta_monai.maps import error_text
 
@@ -62,15 +69,18 @@ METRICS = {"infidelity": True, "sensitivity": True, "deletion": True, "insertion
 
 
 def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), window=None, n_samples=None, seed: int = 0,
-             steps: int = 20, figures: bool = True) -> dict:
+             steps: int = 20, figures: bool = True, target_region: str = "fixed") -> dict:
     """Run ``metrics`` for ``methods`` (:class:`~esegeta_monai.apps.config.MethodSpec`) on ``images``;
-    write the tables and figures to ``out``; return ``{"rows": …, "ranking": …}``."""
+    write the tables and figures to ``out``; return ``{"rows": …, "ranking": …, "curves": …,
+    "target_region": …}`` (``target_region``: of the randomisation metric, ``fixed`` or ``recomputed``)."""
     from esegeta_monai.monai.io import check_output_dir, load_for_explanation
     from esegeta_monai.monai.io.masks import load_mask_like
 
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
+    if target_region not in TARGET_REGIONS:
+        raise ConfigError(f"target_region must be one of {', '.join(TARGET_REGIONS)}, got {target_region!r}")
     if "localisation" in metrics and len(labels) != len(images):
         raise ConfigError(f"localisation needs one --label per --image ({len(labels)} labels for {len(images)} images)")
     out = check_output_dir(out)
@@ -97,7 +107,7 @@ def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), wind
             for metric in metrics:
                 start = time.monotonic()
                 try:
-                    value, extra, curve = _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, bundle, spec, target, window)
+                    value, extra, curve = _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, target_region)
                     rows.append(_row(image, spec.label, metric, value, seconds=time.monotonic() - start, **extra))
                     if curve is not None:
                         curves.setdefault(metric, {})[f"{names[identity_of(image)]}:{spec.label}"] = curve
@@ -105,13 +115,13 @@ def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), wind
                     logger.debug("metric failed", exc_info=True)
                     rows.append(_row(image, spec.label, metric, None, error=error_text(error)))
     ranking = _ranking(rows)
-    _write(out, rows, curves, ranking)
+    _write(out, rows, curves, ranking, target_region)
     if figures:
-        _figures(out, curves)
-    return {"rows": rows, "ranking": ranking, "curves": curves}
+        _figures(out, curves, target_region)
+    return {"rows": rows, "ranking": ranking, "curves": curves, "target_region": target_region}
 
 
-def _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, bundle, spec, target, window):
+def _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, target_region):
     """``(value, extra columns, curve or None)`` of one metric."""
     if metric == "infidelity":
         result = infidelity(explainer, x, attribution, n_samples=n_samples or 16, seed=seed)
@@ -125,12 +135,12 @@ def _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, bu
     if metric == "localisation":
         result = localisation(attribution[0], label)
         return result.pop("ratio"), result, None
-    example = torch.zeros((1, x.shape[1], *(window.get("roi_size") or x.shape[2:])))
-    steps_ = cascading_randomisation(bundle.network, lambda model: Explainer(model, spec.name, target, **window, **spec.options)(x),
-                                     example, seed=seed)
+    steps_ = explainer_randomisation(explainer, x, target_region, seed=seed)
     scores = [{k: v for k, v in s.items() if k != "map"} for s in steps_]
-    return scores[-1]["spearman_abs"], {"seed": seed, "layers": len(scores) - 1}, {
-        "steps": scores, "slices": [_central_slice(s["map"]) for s in steps_]}
+    extra = {"seed": seed, "layers": len(scores) - 1, "target_region": target_region}
+    if scores[-1]["region_dice"] is not None:  # how far the region moved by the last step (1.0 when fixed)
+        extra["region_dice"] = scores[-1]["region_dice"][0]
+    return scores[-1]["spearman_abs"], extra, {"steps": scores, "slices": [_central_slice(s["map"]) for s in steps_]}
 
 
 def _central_slice(volume: torch.Tensor) -> list:
@@ -162,7 +172,7 @@ def _ranking(rows) -> dict:
     return ranking
 
 
-def _write(out: Path, rows, curves, ranking) -> None:
+def _write(out: Path, rows, curves, ranking, target_region: str) -> None:
     columns = ["image", "method", "metric", "value", "status", "seconds", "n_samples", "seed", "error"]
     extra = sorted({k for row in rows for k in row} - set(columns))
     table = io.StringIO(newline="")
@@ -171,7 +181,7 @@ def _write(out: Path, rows, curves, ranking) -> None:
     for row in rows:
         writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
     atomic_write_text(out / "evaluation.csv", table.getvalue())
-    atomic_write_json(out / "evaluation.json", {"rows": rows, "curves": curves})
+    atomic_write_json(out / "evaluation.json", {"target_region": target_region, "rows": rows, "curves": curves})
     atomic_write_json(out / "ranking.json", ranking)
 
 
@@ -180,7 +190,7 @@ def _save(fig, path: Path) -> None:
         fig.savefig(temporary, dpi=120, format="png")
 
 
-def _figures(out: Path, curves) -> None:
+def _figures(out: Path, curves, target_region: str) -> None:
     try:
         import matplotlib
 
@@ -201,7 +211,7 @@ def _figures(out: Path, curves) -> None:
             axes[-1].plot([s[name] for s in steps], label=name)
         axes[-1].set_xlabel("layers randomised (output → input)")
         axes[-1].legend(fontsize=6)
-        fig.suptitle(f"cascading randomisation — {key}", fontsize=8)
+        fig.suptitle(f"cascading randomisation — {key} — target region {target_region}", fontsize=8)
         fig.tight_layout()
         image, method = key.rsplit(":", 1)
         _save(fig, out / f"randomisation_{image}_{method}.png")

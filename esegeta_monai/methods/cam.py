@@ -19,6 +19,9 @@ per axis (``last_scale``) and, for MetaTensor inputs, the map's own affine.
 Differences from ``monai.visualize.GradCAMpp``: the ``exp(score)`` factor of Grad-CAM++ is
 left out (a positive factor per image; it overflows for segmentation scores summed over
 many voxels). Maps are not min–max normalised (``normalize=True`` does it per image).
+Against ``monai.visualize.GradCAM`` (tested): the raw ``gradcam`` map equals MONAI's with
+identity post-processing, and ``normalize=True`` equals ``1 −`` MONAI's default output — MONAI's
+default normaliser maps (min, max) to (1, 0), so its most attributed voxels come out darkest.
 
 Example:
     >>> import torch
@@ -90,11 +93,30 @@ def to_resolution(maps: torch.Tensor, size, resolution: str) -> torch.Tensor:
 
 
 def layer_activation_and_gradient(module, layer: torch.nn.Module, x: torch.Tensor, weight: torch.Tensor):
-    """Forward ``module(x, weight)`` capturing ``layer``'s output ``A``; return ``A`` and ``∂T/∂A``."""
+    """Forward ``module(x, weight)`` capturing ``layer``'s output ``A``; return ``A`` and ``∂T/∂A``.
+
+    The graph starts at the layer: ``A`` is made a leaf that requires grad (the network goes on
+    with a copy of it, so in-place operations after the layer are safe), so nothing below the
+    layer is recorded and ``x`` need not require grad.
+
+    Example:
+        >>> import torch
+        >>> net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.ReLU(inplace=True), torch.nn.Conv2d(2, 1, 1))
+        >>> a, g = layer_activation_and_gradient(lambda x, w: net(x).sum((1, 2, 3)), net[0], torch.ones(1, 1, 2, 2), None)
+        >>> a.shape == g.shape == (1, 2, 2, 2)
+        True
+    """
     captured = {}
 
     def hook(_module, _inputs, output):
-        captured["activation"] = output[0] if isinstance(output, (tuple, list)) else output
+        first = output[0] if isinstance(output, (tuple, list)) else output
+        if not torch.is_tensor(first):
+            return None
+        captured["activation"] = leaf = first.detach().requires_grad_(True)
+        copy = leaf.clone()
+        if isinstance(output, (tuple, list)):
+            return type(output)([copy, *output[1:]])
+        return copy
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -104,9 +126,11 @@ def layer_activation_and_gradient(module, layer: torch.nn.Module, x: torch.Tenso
     if "activation" not in captured:
         raise MethodError("the chosen layer was not used by the network's forward; pick another layer")
     activation = captured["activation"]
-    if not activation.requires_grad:
-        raise MethodError("the chosen layer's output does not depend on the input; pick a layer inside the network")
-    (gradient,) = torch.autograd.grad(value.sum(), activation)
+    gradient = None
+    if value.requires_grad:
+        (gradient,) = torch.autograd.grad(value.sum(), activation, allow_unused=True)
+    if gradient is None:
+        raise MethodError("the target does not depend on the chosen layer's output; pick a layer on the path to the network's output")
     return activation.detach().float(), gradient.float()
 
 
@@ -129,7 +153,8 @@ class CamMethod(NeedsLayer, Method):
 
     def run(self, window_pass, inputs, options):
         layer = find_layer(window_pass.module.network, options["layer"])  # once, and before any window
-        maps = window_pass.linear(inputs, lambda module, x, weight, crops: self.cam(module, layer, x, weight, options), blend=True)
+        maps = window_pass.linear(inputs, lambda module, x, weight, crops: self.cam(module, layer, x, weight, options), blend=True,
+                                  input_grad=False)
         return _normalize(maps) if options["normalize"] else maps
 
 
