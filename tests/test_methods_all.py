@@ -1,8 +1,9 @@
 """Every registered method, one by one: 3D and 2D segmentation through sliding windows with a
-batch of two (equal to two batches of one), a 2D classifier on whole images, and AMP.
+batch of two (equal to two batches of one), a 2D classifier on whole images, and AMP, and a 3D
+classifier (MONAI's DenseNet, as in ``bundles/lesion_cls_3d_demo``) on whole volumes.
 
 A new method is covered here as soon as it is registered; ``OPTIONS`` only makes the slow
-ones cheap and names layers of the two test networks.
+ones cheap and names layers of the test networks.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from esegeta_monai.methods import available_methods, get_method
 from esegeta_monai.core.targets import ArgmaxRegion, ClassScore
 
 CHEAP = {"n_steps": 4, "nt_samples": 2, "n_samples": 2, "n_segments": 6, "n_masks": 4, "steps": 2, "octaves": 2}  # steps, octaves: also the visualisation methods
-LAYERS = {"3d": "model.1.submodule.0", "2d-seg": "model.1.submodule.0", "2d": "3"}  # a ResidualUnit of the UNets (2D or 3D); the classifier's second conv
-CONTRAST = {"3d": "model.1.submodule.1", "2d-seg": "model.1.submodule.1", "2d": "3"}
-SPATIAL = {"3d": 3, "2d-seg": 2, "2d": 2}
+# a ResidualUnit of the UNets (2D or 3D); the 2D classifier's second conv; the DenseNet's first dense block
+LAYERS = {"3d": "model.1.submodule.0", "2d-seg": "model.1.submodule.0", "2d": "3", "3d-cls": "features.denseblock1"}
+CONTRAST = {"3d": "model.1.submodule.1", "2d-seg": "model.1.submodule.1", "2d": "3", "3d-cls": "features.transition1"}
+BELOW_CONTRAST = {"2d": "0", "3d-cls": "features.conv0"}  # contrastive excitation's layer for the classifiers
+SPATIAL = {"3d": 3, "2d-seg": 2, "2d": 2, "3d-cls": 3}
 
 
 def options_for(method: str, dims: str) -> dict:
@@ -30,7 +33,7 @@ def options_for(method: str, dims: str) -> dict:
         options.update(sliding_window_shapes=[8] * SPATIAL[dims], strides=[8] * SPATIAL[dims])
     if "contrast_layer" in params:
         options["contrast_layer"] = CONTRAST[dims]
-        options["layer"] = "0" if dims == "2d" else None
+        options["layer"] = BELOW_CONTRAST.get(dims)
     return options
 
 
@@ -88,3 +91,25 @@ def test_every_method_refuses_an_unknown_keyword():
     for method in available_methods():
         with pytest.raises(Exception, match="no keyword 'no_such_option'"):
             get_method(method).validate({"no_such_option": 1})
+
+
+def densenet3d():
+    """A tiny random 3D DenseNet classifier (ReLU modules, batch norm, 3 classes): 16³ → 4³ → 2³."""
+    from monai.networks.nets import DenseNet
+
+    torch.manual_seed(0)
+    return DenseNet(3, 1, 3, init_features=4, growth_rate=4, block_config=(1, 1), bn_size=2, act="relu").eval()
+
+
+@pytest.mark.parametrize("method", available_methods())
+def test_3d_classifier_whole_volume_batch_independent(method):
+    torch.manual_seed(4)
+    x = torch.rand(2, 1, 16, 16, 16)
+    explainer = Explainer(densenet3d(), method, ClassScore(1), **options_for(method, "3d-cls"))
+    batch = explainer(x)
+    assert batch.shape[0] == 2 and batch.shape[2:] == x.shape[2:] and torch.isfinite(batch).all()
+    assert batch.abs().amax() > 0, f"{method}: an all-zero map"
+    if get_method(method).batch_dependent:
+        return
+    # the second volume alone gives its map in the batch (rounding of batch-size-dependent kernels aside)
+    torch.testing.assert_close(batch[1:], explainer(x[1:]), rtol=1e-4, atol=1e-5 * float(batch.abs().amax()))

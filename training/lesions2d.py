@@ -5,7 +5,8 @@ scale, a smooth multiplicative bias field and white noise). A lesion, when there
 blob brighter or darker than the tissue: an ellipse of random size, elongation, angle and
 position whose outline is perturbed by a few low angular harmonics, with a soft edge and its
 own faint texture. Class 1 ("lesion") images have one, class 0 ("absent") images none. The
-mask marks the pixels whose centre lies inside the outline.
+mask marks the pixels whose centre lies inside the outline. The rendering and the NIfTI
+files are shared with the 3D volumes (:mod:`training.lesions`, :mod:`training.lesions3d`).
 
 Arrays are indexed ``(x, y)`` as MONAI loads images (its ``PILReader`` transposes PNG rows and
 columns); :func:`write_lesion_sample` writes the same array as PNG and NIfTI so that both
@@ -29,7 +30,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from training.synthetic import bias_field, rng_range, smooth_noise
+from training.lesions import check_options, mask_path_for, render_lesion_image, write_nifti_pair
+from training.synthetic import rng_range
 
 __all__ = ["LESION_DEFAULTS", "make_lesion_image", "write_lesion_sample", "mask_path_for"]
 
@@ -91,47 +93,14 @@ def make_lesion_image(shape: Sequence[int] = (64, 64), seed: int = 0, lesion: bo
         >>> bool((a == b).all())
         True
     """
-    unknown = set(options) - set(LESION_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown lesion options: {sorted(unknown)}; known: {sorted(LESION_DEFAULTS)}")
-    opts = {**LESION_DEFAULTS, **options}
+    opts = check_options(options, LESION_DEFAULTS)
     shape = tuple(int(s) for s in shape)
     if len(shape) != 2:
         raise ValueError(f"shape must have 2 dimensions, got {shape}")
     rng = np.random.default_rng(seed)
     if lesion is None:
         lesion = bool(rng.random() < 0.5)
-    scale = min(shape) / 64.0
-
-    tissue = np.full(shape, float(opts["tissue_intensity"]), dtype=np.float32)
-    for sigma in opts["texture_sigma"]:
-        tissue += (float(opts["texture_amplitude"]) / math.sqrt(2.0)) * smooth_noise(shape, sigma * scale, rng)
-    mask = np.zeros(shape, dtype=np.uint8)
-    if lesion:
-        sdf = _lesion_signed_distance(shape, rng, opts, scale)
-        mask = (sdf <= 0).astype(np.uint8)
-        inside = np.clip(0.5 - sdf / float(opts["edge_width"]), 0.0, 1.0).astype(np.float32)
-        sign = 1.0 if rng.random() < float(opts["bright_probability"]) else -1.0
-        contrast = sign * rng_range(rng, opts["contrast"])
-        texture = 1.0 + float(opts["lesion_texture"]) * smooth_noise(shape, 1.0 * scale, rng)
-        tissue = tissue + inside * np.float32(contrast) * texture.astype(np.float32)
-    image = tissue * bias_field(shape, float(opts["bias_amplitude"]), rng)
-    image = image + rng.standard_normal(shape, dtype=np.float32) * float(opts["noise_sigma"])
-    return np.clip(image, 0.0, 1.0).astype(np.float32), mask
-
-
-def mask_path_for(image_path: str | os.PathLike) -> str:
-    """``.../name.png`` → ``.../name_mask.png`` (also ``.nii.gz``, ``.nii``).
-
-    Example:
-        >>> mask_path_for("sample/lesion_0.nii.gz")
-        'sample/lesion_0_mask.nii.gz'
-    """
-    path = str(image_path)
-    for ext in (".nii.gz", ".nii", ".png"):
-        if path.endswith(ext):
-            return path[: -len(ext)] + "_mask" + ext
-    raise ValueError(f"{path}: expected a .png, .nii or .nii.gz file name")
+    return render_lesion_image(shape, rng, opts, min(shape) / 64.0, _lesion_signed_distance, lesion)
 
 
 def write_lesion_sample(path: str | os.PathLike, shape: Sequence[int] = (64, 64), seed: int = 0,
@@ -154,20 +123,12 @@ def write_lesion_sample(path: str | os.PathLike, shape: Sequence[int] = (64, 64)
     """
     image, mask = make_lesion_image(shape, seed=seed, lesion=lesion, **options)
     path = str(path)
+    if not path.endswith(".png"):
+        return write_nifti_pair(path, image, mask, affine)
+    from PIL import Image
+
     mask_path = mask_path_for(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if path.endswith(".png"):
-        from PIL import Image
-
-        Image.fromarray(np.rint(image * 255.0).astype(np.uint8).T).save(path)
-        Image.fromarray((mask * 255).astype(np.uint8).T).save(mask_path)
-    else:
-        import nibabel as nib
-
-        affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
-        for data, p in ((image, path), (mask, mask_path)):
-            nii = nib.Nifti1Image(data, affine)
-            nii.set_qform(affine, code=1)
-            nii.set_sform(affine, code=1)
-            nib.save(nii, p)
+    Image.fromarray(np.rint(image * 255.0).astype(np.uint8).T).save(path)
+    Image.fromarray((mask * 255).astype(np.uint8).T).save(mask_path)
     return path, mask_path

@@ -18,62 +18,36 @@ The script is fully seeded.  It
    config (as ``python -m monai.bundle run`` does);
 5. prints the metrics and writes them to ``docs/training_metrics.json``.
 
-``--eval-only`` skips training and evaluates the saved weights.  Shared steps (reading the
-configs, building the network, running the bundle) come from :mod:`training.train`.
+``--eval-only`` skips training and evaluates the saved weights.  The steps are those of every
+lesion demo (:mod:`training.lesion_cls`); this module adds the 2D generator and augmentation.
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import shutil
 import sys
-import tempfile
-import time
-from pathlib import Path
 
 import numpy as np
-import torch
 
+from training.lesion_cls import LesionDemo, classify_samples, evaluate, preprocess_arrays, run_demo
+from training.lesion_cls import make_dataset as _make_dataset
 from training.lesions2d import make_lesion_image, write_lesion_sample
-from training.train import build_network, inference_parser, log, run_bundle_config, start_training, write_training_metrics
-from esegeta_monai.monai.io.images import loading_prefix_length
 
-__all__ = ["preprocess_arrays", "make_dataset", "train", "evaluate", "classify_samples", "main"]
-
-COMMAND = "python -m training.train_lesion2d --config bundles/lesion_cls_2d_demo/configs/train.yaml"
-
-
-def preprocess_arrays(preprocessing, images, image_key: str = "image") -> np.ndarray:
-    """``(N, 1, *spatial)`` float32: each ``(X, Y)`` image through ``preprocessing`` minus its loaders.
-
-    Example:
-        >>> from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, ScaleIntensityd
-        >>> pre = Compose([LoadImaged("image"), EnsureChannelFirstd("image"), ScaleIntensityd("image")])
-        >>> out = preprocess_arrays(pre, [np.arange(6.0).reshape(2, 3)])
-        >>> out.shape, float(out.max())
-        ((1, 1, 2, 3), 1.0)
-    """
-    from monai.data import MetaTensor
-
-    start = loading_prefix_length(preprocessing)
-    out = []
-    for image in images:
-        data = {image_key: MetaTensor(torch.as_tensor(np.asarray(image, dtype=np.float32))[None])}
-        out.append(np.asarray(preprocessing(data, start=start)[image_key], dtype=np.float32))
-    return np.stack(out)
+__all__ = ["preprocess_arrays", "make_dataset", "augment", "evaluate", "classify_samples", "DEMO", "main"]
 
 
 def make_dataset(seed_start: int, n: int, data_cfg: dict, preprocessing) -> tuple[np.ndarray, np.ndarray]:
     """Images of seeds ``seed_start .. seed_start + n - 1`` (a lesion in even seeds), preprocessed, and labels."""
-    options = dict(data_cfg.get("lesion_options") or {})
-    seeds = range(int(seed_start), int(seed_start) + int(n))
-    labels = np.array([int(s % 2 == 0) for s in seeds], dtype=np.int64)
-    images = [make_lesion_image(tuple(data_cfg["shape"]), seed=s, lesion=bool(y), **options)[0] for s, y in zip(seeds, labels)]
-    return preprocess_arrays(preprocessing, images), labels
+    return _make_dataset(make_lesion_image, seed_start, n, data_cfg, preprocessing)
 
 
-def _augment(batch: np.ndarray, rng: np.random.Generator, aug_cfg: dict) -> np.ndarray:
+def augment(batch: np.ndarray, rng: np.random.Generator, aug_cfg: dict) -> np.ndarray:
+    """Random transposition and flips of each ``(1, X, Y)`` image (the eight symmetries of the square).
+
+    Example:
+        >>> out = augment(np.arange(8.0).reshape(2, 1, 2, 2), np.random.default_rng(0), {})
+        >>> out.shape, sorted(out[0].ravel().tolist())
+        ((2, 1, 2, 2), [0.0, 1.0, 2.0, 3.0])
+    """
     out = []
     for img in batch:  # (1, X, Y)
         if aug_cfg.get("transpose", True) and rng.random() < 0.5:
@@ -86,114 +60,17 @@ def _augment(batch: np.ndarray, rng: np.random.Generator, aug_cfg: dict) -> np.n
     return np.stack(out)
 
 
-def train(net: torch.nn.Module, images: np.ndarray, labels: np.ndarray, tcfg: dict, seed: int, log=print) -> dict:
-    """Cross-entropy training on random augmented batches; returns the final loss and the time."""
-    rng = np.random.default_rng(seed + 1)
-    iters, bs = int(tcfg["iterations"]), int(tcfg["batch_size"])
-    opt = torch.optim.Adam(net.parameters(), lr=float(tcfg["lr"]), weight_decay=float(tcfg.get("weight_decay", 0.0)))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=iters, eta_min=float(tcfg["lr"]) * 0.01)
-    log_every = int(tcfg.get("log_every", 100))
-    aug = tcfg.get("augment") or {}
-    net.train()
-    t0, running, last = time.time(), [], float("nan")
-    for it in range(1, iters + 1):
-        index = rng.integers(len(images), size=bs)
-        x = torch.from_numpy(_augment(images[index], rng, aug))
-        y = torch.from_numpy(labels[index])
-        opt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        loss.backward()
-        opt.step()
-        sched.step()
-        running.append(loss.item())
-        if it % log_every == 0 or it == iters:
-            last = float(np.mean(running))
-            log(f"iter {it:5d}/{iters}  loss {last:.4f}  lr {sched.get_last_lr()[0]:.2e}  {time.time() - t0:6.1f}s")
-            running = []
-    return {"final_loss": last, "train_time_s": round(time.time() - t0, 1)}
-
-
-def evaluate(net: torch.nn.Module, images: np.ndarray, labels: np.ndarray, batch_size: int = 100) -> dict:
-    """Accuracy (argmax) and ROC AUC of the lesion probability."""
-    from monai.metrics import compute_roc_auc
-
-    net.eval()
-    with torch.no_grad():
-        probs = torch.cat([torch.softmax(net(torch.from_numpy(images[i:i + batch_size])), 1)
-                           for i in range(0, len(images), batch_size)])
-    y = torch.from_numpy(labels)
-    accuracy = float((probs.argmax(1) == y).float().mean())
-    auc = float(compute_roc_auc(probs[:, 1], y))
-    return {"accuracy": round(accuracy, 4), "auc": round(auc, 4), "n": len(labels),
-            "n_lesion": int(labels.sum()), "errors": int((probs.argmax(1) != y).sum())}
-
-
-def classify_samples(bundle_root: Path, cfg: dict, paths: list[str]) -> dict[str, float]:
-    """Lesion probability of each file, from the bundle's own inference config (its predictions.csv)."""
-    out = tempfile.mkdtemp(prefix="lesion_cls_eval_")
-    try:
-        run_bundle_config(bundle_root, cfg, {"output_dir": out, "datalist": [str(p) for p in paths]})
-        with open(Path(out) / "predictions.csv") as f:
-            return {Path(row[0]).name: float(row[2]) for row in csv.reader(f)}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-
-
-def _write_samples(bundle_root: Path, cfg: dict) -> list[dict]:
-    samples = []
-    for s in cfg.get("samples") or []:
-        affine = None
-        if "spacing" in s:
-            affine = np.eye(4)
-            affine[:2, :2] = np.diag(np.asarray(s.get("spacing_signs", [1, 1]), float) * np.abs(s["spacing"]))
-            affine[:3, 3] = s.get("origin", [0.0, 0.0, 0.0])
-        path, mask = write_lesion_sample(bundle_root / s["path"], tuple(cfg["data"]["shape"]), seed=int(s["seed"]),
-                                         lesion=bool(s["lesion"]), affine=affine, **(cfg["data"].get("lesion_options") or {}))
-        samples.append({"path": s["path"], "seed": int(s["seed"]), "lesion": bool(s["lesion"]), "file": path})
-    return samples
+DEMO = LesionDemo(
+    command="python -m training.train_lesion2d --config bundles/lesion_cls_2d_demo/configs/train.yaml",
+    config_hint="bundles/lesion_cls_2d_demo/configs/train.yaml",
+    make=make_lesion_image,
+    write_sample=write_lesion_sample,
+    augmentation=lambda aug_cfg, seed: lambda batch, rng: augment(batch, rng, aug_cfg),
+)
 
 
 def main(argv=None) -> dict:
-    args, cfg, bundle_root, seed = start_training(argv, __doc__.split("\n")[0], "bundles/lesion_cls_2d_demo/configs/train.yaml")
-
-    parser = inference_parser(bundle_root, cfg)
-    preprocessing = parser.get_parsed_content("preprocessing")
-    data_cfg = cfg["data"]
-    out_cfg = cfg.get("outputs") or {}
-    model_path = bundle_root / out_cfg.get("model", "models/model.pt")
-    metrics_path = bundle_root / out_cfg.get("metrics", "docs/training_metrics.json")
-
-    net = build_network(parser)
-    result: dict = {"parameters": sum(p.numel() for p in net.parameters())}
-    if args.eval_only:
-        net.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
-    else:
-        t0 = time.time()
-        images, labels = make_dataset(data_cfg["train_seed_start"], data_cfg["n_train"], data_cfg, preprocessing)
-        result["data_time_s"] = round(time.time() - t0, 1)
-        log(f"generated {len(images)} training images in {result['data_time_s']}s; network: {result['parameters']} parameters")
-        result.update(train(net, images, labels, cfg["training"], seed, log=log))
-        model_path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), model_path)
-        log(f"saved {model_path}")
-
-    val_images, val_labels = make_dataset(data_cfg["val_seed_start"], data_cfg["n_val"], data_cfg, preprocessing)
-    result["heldout"] = evaluate(net, val_images, val_labels)
-    result["heldout"]["seeds"] = [int(data_cfg["val_seed_start"]), int(data_cfg["val_seed_start"]) + int(data_cfg["n_val"]) - 1]
-    log(f"held-out ({result['heldout']['n']} images): accuracy {result['heldout']['accuracy']:.4f}, AUC {result['heldout']['auc']:.4f}")
-
-    samples = _write_samples(bundle_root, cfg)
-    probabilities = classify_samples(bundle_root, cfg, [s["file"] for s in samples])
-    for s in samples:
-        s["p_lesion"] = round(probabilities[Path(s.pop("file")).name], 4)
-        s["correct"] = (s["p_lesion"] > 0.5) == s["lesion"]
-        log(f"sample {s['path']}: lesion {s['lesion']}, bundle inference p(lesion) {s['p_lesion']:.4f}")
-    result["samples"] = samples
-
-    if not args.eval_only:
-        write_training_metrics(result, cfg, COMMAND, metrics_path)
-    print(json.dumps({"heldout_accuracy": result["heldout"]["accuracy"], "heldout_auc": result["heldout"]["auc"]}))
-    return result
+    return run_demo(DEMO, argv, __doc__.split("\n")[0])
 
 
 if __name__ == "__main__":  # pragma: no cover
