@@ -192,7 +192,7 @@ def test_swin_compat_override_builds_the_network(tmp_path):
     with pytest.raises(BundleError, match="swin_unetr_compat"):
         load_bundle(bundle)
     # with the shipped override the network builds; what is missing next is only the weights file
-    with pytest.raises(BundleError, match="models/model.pt: weights file not found"):
+    with pytest.raises(BundleError, match=r"models/model.pt \(read by `checkpointloader`\): weights file not found"):
         load_bundle(bundle, extra_configs=["swin_unetr_compat"])
     assert shipped_config("swin_unetr_compat") == shipped_config("swin_unetr_compat.json")
 

@@ -64,7 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="override config merged after the bundle's inference config (repeatable; a path or a shipped name, e.g. swin_unetr_compat)")
     explain.add_argument("--image", action="extend", nargs="+", dest="images", metavar="FILE",
                          help="input images (several, globs, repeatable): NIfTI, PNG, MHA/MHD, NRRD, DICOM file or a DICOM "
-                              "series folder; default: the bundle's sample")
+                              "series folder; KEY=FILE pairs form one case of several files (a repeated key is stacked "
+                              "as channels); default: the bundle's sample")
     explain.add_argument("--images", action="append", dest="image_lists", metavar="LIST",
                          help="a list of inputs (repeatable): a MONAI datalist JSON, a CSV with an image column, a text file "
                               "with one path per line, or a folder (every image file in it)")
@@ -138,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, help="perturbation samples (default: 16 for infidelity, 10 for sensitivity)")
     evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
     evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--target-region", choices=("fixed", "recomputed"), default="fixed",
+                          help="randomisation: the target's region from the trained model's prediction, held for every "
+                               "randomised model (fixed, default), or each randomised model's own (recomputed)")
     evaluate.add_argument("--roi-size", type=_roi, help="override the bundle's window")
     evaluate.add_argument("--no-figures", action="store_true", help="tables only")
     evaluate.add_argument("--out", default="esegeta_eval", help="output folder (default esegeta_eval)")
@@ -283,7 +287,8 @@ def _evaluate(args) -> int:
     window = {"roi_size": args.roi_size} if args.roi_size else {}
     result = evaluate(bundle, images, methods, metrics, args.out,
                       target=args.target or default_targets(bundle)[0], labels=args.labels, window=window,
-                      n_samples=args.samples, seed=args.seed, steps=args.steps, figures=not args.no_figures)
+                      n_samples=args.samples, seed=args.seed, steps=args.steps, figures=not args.no_figures,
+                      target_region=args.target_region)
     failed = [r for r in result["rows"] if r["status"] != "ok"]
     for metric, order in result["ranking"].items():
         print(f"{metric:13s} " + "  ".join(f"{r['method']} {r['mean']:.4g}" for r in order))
