@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from monai.data import MetaTensor
 
+from esegeta_monai.core.finite import all_finite
 from esegeta_monai.core.prediction import predict
 from esegeta_monai.core.targets import Target, parse_targets
 from esegeta_monai.core.window_pass import Deadline, WeightedOutput, WindowPass, first_output, frozen_eval, with_meta_of
@@ -49,6 +50,19 @@ from esegeta_monai.methods import Method, get_method
 __all__ = ["Explainer", "predict"]
 
 logger = logging.getLogger(__name__)
+
+
+def _move(network: torch.nn.Module, device: torch.device | None) -> None:
+    """``network.to(device)``, skipped when its first parameter (else buffer) is already there:
+    the call walks every module, a cost per explanation that a peer does not pay."""
+    if device is None:
+        return
+    device = torch.device(device)
+    first = next(network.parameters(), None)
+    first = first if first is not None else next(network.buffers(), None)
+    if first is not None and (first.device == device or (device.index is None and first.device.type == device.type)):
+        return
+    network.to(device)
 
 
 class Explainer:
@@ -172,7 +186,7 @@ class Explainer:
         x = self._check_inputs(inputs)
         label = f"{self.method.name} {self.target.name}"
         deadline = Deadline(self.timeout, label) if self.timeout else None
-        self.network.to(self.device)
+        _move(self.network, self.device)
         watch = deadline.watching(self.network) if deadline is not None else contextlib.nullcontext()
         with frozen_eval(self.network), torch.enable_grad(), watch:
             plan = self._plan(x)
@@ -192,7 +206,7 @@ class Explainer:
     def predict(self, inputs: torch.Tensor) -> torch.Tensor:
         """The no-grad sliding-window prediction (MONAI's ``sliding_window_inference``)."""
         x = self._check_inputs(inputs)
-        self.network.to(self.device)
+        _move(self.network, self.device)
         with frozen_eval(self.network), torch.no_grad():
             return self._predict(x, self._plan(x))
 
@@ -204,7 +218,7 @@ class Explainer:
             raise InputError(f"inputs must be (B, C, *spatial) with at least one spatial axis, got shape {tuple(inputs.shape)}")
         x = inputs.as_tensor() if isinstance(inputs, MetaTensor) else inputs
         x = x.detach().to(device=self.device, dtype=torch.float32)
-        if not torch.isfinite(x).all():
+        if not all_finite(x):
             bad = int((~torch.isfinite(x)).sum())
             raise InputError(f"inputs contain {bad} NaN/Inf values; clean the image (or load it with nan_policy='zero')")
         return x

@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from esegeta_monai.core.finite import all_finite
 from esegeta_monai.errors import TargetError
 
 __all__ = [
@@ -259,7 +260,7 @@ class MaskRegion(Target):
                 f"{self.name}: mask of shape {tuple(mask.shape)} is not broadcastable to the output's "
                 f"(B, *spatial) = {(batch, *spatial)}; resample the mask to the network's grid"
             ) from None
-        if not torch.isfinite(mask).all():
+        if not all_finite(mask):
             raise TargetError(f"{self.name}: mask contains NaN or Inf values")
         return mask
 

@@ -45,18 +45,34 @@ def first_output(output):
 
 @contextlib.contextmanager
 def frozen_eval(network: torch.nn.Module):
-    """Eval mode and ``requires_grad=False`` on every parameter, restored on exit."""
-    was_training = network.training
-    flags = [(p, p.requires_grad) for p in network.parameters()]
-    network.eval()
-    for parameter, _ in flags:
+    """Eval mode and ``requires_grad=False`` on every parameter, restored on exit: exactly the
+    modules that were training and the parameters that required grad get their flag back (a
+    network already in eval mode, as a bundle's is, costs no walk through ``eval()``/``train()``).
+
+    Example:
+        >>> net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout()).train()
+        >>> net[0].eval()  # a module the user keeps in eval mode inside a training network
+        Linear(in_features=2, out_features=2, bias=True)
+        >>> with frozen_eval(net):
+        ...     net.training, net[1].training, net[0].weight.requires_grad
+        (False, False, False)
+        >>> net.training, net[0].training, net[1].training, net[0].weight.requires_grad
+        (True, False, True, True)
+    """
+    modules = list(network.modules())  # one walk (the network's own parameters() would be a second)
+    training = [m for m in modules if m.training]
+    trainable = [p for m in modules for p in m._parameters.values() if p is not None and p.requires_grad]
+    if training:
+        network.eval()
+    for parameter in trainable:
         parameter.requires_grad_(False)
     try:
         yield network
     finally:
-        for parameter, flag in flags:
-            parameter.requires_grad_(flag)
-        network.train(was_training)
+        for parameter in trainable:
+            parameter.requires_grad_(True)
+        for module in training:
+            module.training = True
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:

@@ -63,9 +63,14 @@ class NeedsLayer:
 
 def find_layer(network: torch.nn.Module, name: str | None) -> torch.nn.Module:
     """The sub-module called ``name``; an unknown name lists close matches."""
-    modules = dict(network.named_modules())
     if name is None:
         raise MethodError("a CAM needs layer='<module name>'; `esegeta layers --bundle DIR` lists the network's layers")
+    if name:
+        try:
+            return network.get_submodule(name)  # a path walk, not a walk of the whole network
+        except AttributeError:
+            pass
+    modules = dict(network.named_modules())
     if name not in modules or name == "":
         close = difflib.get_close_matches(name, [n for n in modules if n], n=5, cutoff=0.5)
         hint = f"; close matches: {', '.join(close)}" if close else ""
