@@ -3,7 +3,10 @@
 ``n_masks`` random binary masks are drawn on a coarse grid (``cells`` per spatial axis, each
 cell kept with probability ``p``), upsampled linearly (bilinear in 2D, trilinear in 3D) to
 ``cells + 1`` cells of ``ceil(size / cells)`` voxels and cropped at a random shift below one
-cell, as in the paper. The map is the masks weighted by the target of the masked images,
+cell. The paper's (and TorchRay's) cells are ``(cells + 1) / cells`` times longer — ``cells``
+cells stretched over ``size + size / cells`` — so ``cells=c`` here matches their ``c + 1`` in cell
+length (mask statistics compared in ``tests/test_torchray_parity.py``). The map is the masks
+weighted by the target of the masked images,
 
     S = Σ_i T(x ⊙ m_i + fill ⊙ (1 − m_i)) · m_i / (n_masks · p),
 
