@@ -282,3 +282,29 @@ def test_pancreas_dints_extra_file_message_and_cpu_mapping(tmp_path):
     if not torch.cuda.is_available():
         assert any("`arch_ckpt`" in n and "CPU" in n for n in b.notes)
         assert any("`dints_space#device`" in n for n in b.notes)
+
+
+def test_weights_where_the_checkpoint_loader_reads_them(spleen, spleen_state):
+    """No models/model.pt: the config's CheckpointLoader names the file and, through its load_dict,
+    the key that holds the network's state dict."""
+    (spleen / "models" / "model.pt").unlink()
+    other = {k: torch.zeros_like(v) for k, v in spleen_state[0].items()}
+    torch.save({"teacher": other, "student": spleen_state[0], "epoch": 7}, spleen / "models" / "distilled.pt")
+    overrides = {"checkpointloader": {"_target_": "CheckpointLoader", "load_path": "$@bundle_root + '/models/distilled.pt'",
+                                      "load_dict": {"student": "@network"}}}
+    b = load_bundle(spleen, overrides=overrides)
+    assert b.weights_path.name == "distilled.pt"
+    name = "model.0.conv.unit0.conv.weight"
+    assert torch.equal(b.network.state_dict()[name], spleen_state[0][name])
+
+
+def test_torchscript_weights(spleen, spleen_state):
+    """A bundle shipping only models/model.ts: its parameters and buffers are loaded into network_def."""
+    (spleen / "models" / "model.pt").unlink()
+    network = _network_def(spleen)
+    network.load_state_dict(spleen_state[0])
+    torch.jit.save(torch.jit.script(network.eval()), str(spleen / "models" / "model.ts"))
+    b = load_bundle(spleen)
+    assert b.weights_path.name == "model.ts" and isinstance(b.network, UNet)
+    name = "model.0.conv.unit0.conv.weight"
+    assert torch.equal(b.network.state_dict()[name], spleen_state[0][name])
