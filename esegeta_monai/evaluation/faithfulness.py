@@ -3,11 +3,16 @@ map inside a ground-truth label.
 
 Deletion removes voxels in decreasing order of attribution (replaced by ``fill``: a number or
 ``"blur"``, a Gaussian-blurred copy of the image) and tracks the target; insertion starts from
-the filled image and puts the voxels back in the same order. Their areas under the curve
-(fraction removed/inserted on [0, 1], target normalised by the clean target) summarise them:
-a faithful map has a *low* deletion AUC and a *high* insertion AUC. The target of every
-perturbed image comes from a :class:`~esegeta_monai.core.windowed_target.WindowedTarget`, so through
-sliding windows only the windows an image changes are re-run.
+the filled image and puts the voxels back in the same order. Each point is normalised as
+``(T − T_fill) / (T_clean − T_fill)`` — 1 at the clean image, 0 at the filled one, whatever the
+sign of ``T`` — with ``T`` the class probability where the target allows (``normalisation``
+``"auto"``: a ``class:`` target of a classifier; softmax, sigmoid for one output) and the target's
+score otherwise. Their areas under the curve (fraction removed/inserted on [0, 1]) summarise
+them: a faithful map has a *low* deletion AUC and a *high* insertion AUC. Where
+``T_clean = T_fill`` the normalisation is undefined: curves and AUCs are NaN and ``flag`` says
+so (the raw values stay in ``deletion_raw``/``insertion_raw``). The target of every perturbed
+image comes from a :class:`~esegeta_monai.core.windowed_target.WindowedTarget`, so through
+sliding windows only the windows an image changes are re-run: ``2·steps`` forwards for both curves.
 
 Example:
     >>> import torch
@@ -17,8 +22,8 @@ Example:
     >>> x = torch.rand(1, 1, 16, 16)
     >>> explainer = Explainer(net, "saliency", "argmax:1")
     >>> curves = deletion_insertion(explainer, x, explainer(x), steps=4)
-    >>> sorted(curves), len(curves["deletion"])
-    (['deletion', 'deletion_auc', 'fractions', 'insertion', 'insertion_auc'], 5)
+    >>> len(curves["deletion"]), curves["deletion"][0], curves["deletion"][-1], curves["normalisation"], curves["flag"]
+    (5, 1.0, 0.0, 'score', None)
 """
 
 from __future__ import annotations
@@ -29,7 +34,10 @@ import torch
 from esegeta_monai.errors import MethodError
 from esegeta_monai.core.windowed_target import WindowedTarget
 
-__all__ = ["deletion_insertion", "localisation"]
+__all__ = ["deletion_insertion", "localisation", "NORMALISATIONS"]
+
+#: what deletion/insertion curves normalise: ``auto`` (default) is ``probability`` where the target allows, else ``score``
+NORMALISATIONS = ("auto", "probability", "score")
 
 
 def _filled(x: torch.Tensor, fill) -> torch.Tensor:
@@ -43,35 +51,75 @@ def _filled(x: torch.Tensor, fill) -> torch.Tensor:
 
 
 def deletion_insertion(explainer, inputs: torch.Tensor, attribution: torch.Tensor, steps: int = 20, fill=0.0,
-                       per_eval: int = 4) -> dict:
+                       per_eval: int = 4, normalisation: str = "auto") -> dict:
     """Deletion and insertion curves of ``attribution`` for ``explainer``'s network, target and
-    windows, on one image (``inputs`` of batch 1). Returns the fractions, both curves (target
-    over the clean target) and their AUCs."""
+    windows, on one image (``inputs`` of batch 1). Returns the ``fractions``, both curves
+    normalised as ``(T − T_fill) / (T_clean − T_fill)`` and their AUCs, the raw ``T`` values
+    (``deletion_raw``, ``insertion_raw``, ``clean``, ``filled``), the ``normalisation`` used
+    (``probability`` or ``score``) and ``flag`` (None, or why the normalisation is undefined)."""
     if inputs.shape[0] != 1:
         raise MethodError("deletion/insertion curves are computed one image at a time (batch 1)")
     if steps < 1:
         raise MethodError(f"steps={steps}: give a positive number of steps")
+    if normalisation not in NORMALISATIONS:
+        raise MethodError(f"normalisation={normalisation!r}: choose from {', '.join(NORMALISATIONS)}")
     with explainer.session(inputs) as (window_pass, x):
-        target = WindowedTarget(window_pass, x)
-        clean = float(target.clean[0])
+        score, clean, normalisation = _scorer(explainer, window_pass, x, normalisation)
         base = _filled(x, fill)
         scores = attribution.detach().to(x.device).float().reshape(x.shape).sum(1).flatten()  # one score per voxel
         order = torch.argsort(scores, descending=True)
         fractions = np.linspace(0.0, 1.0, steps + 1)
         counts = [int(round(f * order.numel())) for f in fractions]
-        curves = {}
-        for name, start, end in (("deletion", x, base), ("insertion", base, x)):
-            images = []
-            for count in counts:
-                keep = torch.zeros(order.numel(), dtype=torch.bool, device=x.device)
-                keep[order[:count]] = True
-                keep = keep.view(1, 1, *x.shape[2:])
-                images.append(torch.where(keep, end, start))
-            values = torch.cat([target(torch.cat(images[i : i + per_eval])) for i in range(0, len(images), per_eval)])
-            curves[name] = (values.double() / (clean if clean != 0 else 1.0)).tolist()
-            curves[f"{name}_auc"] = float(np.trapezoid(curves[name], fractions))
-    curves["fractions"] = fractions.tolist()
+
+        def image(start, end, count):
+            keep = torch.zeros(order.numel(), dtype=torch.bool, device=x.device)
+            keep[order[:count]] = True
+            return torch.where(keep.view(1, 1, *x.shape[2:]), end, start)
+
+        # the filled image and the inner points of both curves; the clean image is T_clean
+        images = [base] + [image(x, base, c) for c in counts[1:-1]] + [image(base, x, c) for c in counts[1:-1]]
+        values = torch.cat([score(torch.cat(images[i : i + per_eval])) for i in range(0, len(images), per_eval)]).double()
+        filled = float(values[0])
+        inner = values[1:].tolist()
+        raw = {"deletion": [clean, *inner[: steps - 1], filled], "insertion": [filled, *inner[steps - 1 :], clean]}
+    span = clean - filled
+    flag = None
+    if abs(span) <= 1e-6 * max(abs(clean), abs(filled)) or span == 0:
+        flag = (f"undefined normalisation: the {normalisation} of the clean image ({clean:.6g}) equals the filled "
+                f"image's ({filled:.6g}); the curves and AUCs are NaN (raw values in deletion_raw/insertion_raw)")
+    curves = {"fractions": fractions.tolist(), "normalisation": normalisation, "clean": clean, "filled": filled, "flag": flag}
+    for name in ("deletion", "insertion"):
+        curves[f"{name}_raw"] = raw[name]
+        curves[name] = [float("nan") if flag else (v - filled) / span + 0.0 for v in raw[name]]  # + 0.0: no -0.0
+        curves[f"{name}_auc"] = float("nan") if flag else float(np.trapezoid(curves[name], fractions))
     return curves
+
+
+class _Probability:
+    """The target class's probability of perturbed copies: softmax over a classifier's outputs
+    (sigmoid for one output), one forward per copy."""
+
+    def __init__(self, explainer):
+        self.explainer, self.index = explainer, explainer.target.class_index
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.explainer.predict(images).double()
+        if logits.shape[1] == 1:
+            return torch.sigmoid(logits[:, 0])
+        return torch.softmax(logits, 1)[:, self.index]
+
+
+def _scorer(explainer, window_pass, x: torch.Tensor, normalisation: str):
+    """``(T of perturbed copies, T_clean, "probability" | "score")``."""
+    classifier = window_pass.output_weights is not None and window_pass.output_weights.ndim == 2  # a class: target's (B, K)
+    if normalisation == "probability" and not classifier:
+        raise MethodError("normalisation='probability' needs a class: target of a classifier (output (B, K)); "
+                          "use 'score' (or 'auto')")
+    if normalisation != "score" and classifier:
+        probability = _Probability(explainer)
+        return probability, float(probability(x)[0]), "probability"
+    target = WindowedTarget(window_pass, x)
+    return target, float(target.clean[0].float()), "score"  # float32, as the target's other values
 
 
 def localisation(attribution: torch.Tensor, label, dilation: int = 2) -> dict:

@@ -5,7 +5,9 @@ input, and one layer at a time (independent).
 re-initialises its parameterised layers one step at a time in reverse forward order —
 ``reset_parameters()`` under ``torch.manual_seed(seed + step)``, so the run is deterministic —
 re-runs an explanation after each step and scores its similarity to the original map
-(:func:`~esegeta_monai.evaluation.similarity.similarities`). A sound method's similarity drops
+(:func:`~esegeta_monai.evaluation.similarity.similarities`), image by image: each step holds the
+scores per image (``per_image``) and their mean over the images (the image's own score for a
+batch of one) — never one correlation pooled over a batch. A sound method's similarity drops
 as layers are randomised; one that ignores the weights (an edge detector) stays near 1.
 
 :func:`explainer_randomisation` runs it for an :class:`~esegeta_monai.explainer.Explainer` and
@@ -44,6 +46,7 @@ import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from esegeta_monai.core.window_pass import first_output
@@ -99,11 +102,12 @@ def cascading_randomisation(
         fraction: the top-k share of :func:`~esegeta_monai.evaluation.similarity.topk_overlap`.
 
     Returns:
-        One dict per step — ``step``, ``layer`` (``original`` first), ``map`` (a CPU tensor) and
-        the similarity scores to the original map.
+        One dict per step — ``step``, ``layer`` (``original`` first), ``map`` (a CPU tensor), the
+        similarity scores to the original map per image (``per_image``: score → one value per
+        image) and each score's mean over the images.
     """
     original = explain(network).detach().cpu()
-    steps = [{"step": 0, "layer": "original", "map": original, **similarities(original, original, fraction)}]
+    steps = [{"step": 0, "layer": "original", "map": original, **_scores(original, original, fraction)}]
     layers = list(reversed(parameterised_layers(network, example)))
     model = copy.deepcopy(network)
     for index, name in enumerate(layers, start=1):
@@ -113,8 +117,14 @@ def cascading_randomisation(
             torch.manual_seed(seed + index)
             dict(model.named_modules())[name].reset_parameters()
         current = explain(model).detach().cpu()
-        steps.append({"step": index, "layer": name, "map": current, **similarities(original, current, fraction)})
+        steps.append({"step": index, "layer": name, "map": current, **_scores(original, current, fraction)})
     return steps
+
+
+def _scores(original: torch.Tensor, current: torch.Tensor, fraction: float) -> dict:
+    """The similarity scores of each image (``per_image``) and their means (NaN if one is)."""
+    per_image = similarities(original, current, fraction, batch=True)
+    return {**{name: float(np.mean(values)) for name, values in per_image.items()}, "per_image": per_image}
 
 
 def explainer_randomisation(

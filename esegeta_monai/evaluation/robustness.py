@@ -4,7 +4,9 @@
   (Gaussian noise of ``noise_std``, inside an optional ``roi`` box), computed by Captum's
   ``captum.metrics.infidelity`` with a :class:`~esegeta_monai.core.windowed_target.WindowedTarget` as the
   forward function — only the windows a perturbation touches are re-run, and at most
-  ``per_eval`` perturbed images are held at once.
+  ``per_eval`` perturbed images are held at once. With ``normalize=True`` (Captum's option) the
+  map is first rescaled by the ``β`` that minimises the expectation, so the value no longer
+  depends on the map's scale — what a ranking across methods of different scales needs.
 - :func:`sensitivity`: ``max_‖δ‖∞≤r ‖Φ(x + δ) − Φ(x)‖ / ‖Φ(x)‖`` estimated over random ``δ``
   (Captum's ``sensitivity_max`` and its uniform L∞ perturbation of ``radius``), each
   explanation computed exactly through the windows by the same
@@ -21,7 +23,7 @@ Example:
     >>> x = torch.rand(1, 1, 12, 12)
     >>> result = infidelity(explainer, x, explainer(x), n_samples=4)
     >>> sorted(result)
-    ['infidelity', 'n_samples', 'noise_std', 'roi', 'seed']
+    ['infidelity', 'n_samples', 'noise_std', 'normalize', 'roi', 'seed']
 """
 
 from __future__ import annotations
@@ -61,7 +63,8 @@ def _check_one_image(inputs: torch.Tensor, what: str) -> None:
 
 def infidelity(explainer, inputs: torch.Tensor, attribution: torch.Tensor, n_samples: int = 16, noise_std: float = 0.1,
                roi: Sequence[tuple[int, int]] | None = None, per_eval: int = 4, seed: int = 0, normalize: bool = False) -> dict:
-    """Captum's infidelity of ``attribution`` for ``explainer``'s target, through its windows."""
+    """Captum's infidelity of ``attribution`` for ``explainer``'s target, through its windows
+    (``normalize``: Captum's scale-free variant, recorded with the value)."""
     _check_one_image(inputs, "infidelity")
     if roi is not None and len(roi) != inputs.ndim - 2:
         raise MethodError(f"roi {roi} needs one (start, stop) per spatial axis of {tuple(inputs.shape[2:])}")
@@ -72,7 +75,7 @@ def infidelity(explainer, inputs: torch.Tensor, attribution: torch.Tensor, n_sam
             value = captum_infidelity(target, noise_perturbation(noise_std, roi), x, attribution.to(x.device).float(),
                                       n_perturb_samples=int(n_samples), max_examples_per_batch=int(per_eval), normalize=normalize)
     return {"infidelity": float(value[0]), "n_samples": int(n_samples), "noise_std": float(noise_std),
-            "roi": [list(r) for r in roi] if roi is not None else None, "seed": int(seed)}
+            "roi": [list(r) for r in roi] if roi is not None else None, "seed": int(seed), "normalize": bool(normalize)}
 
 
 def sensitivity(explainer, inputs: torch.Tensor, n_samples: int = 10, radius: float = 0.02, per_eval: int = 1,

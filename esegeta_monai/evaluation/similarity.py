@@ -1,5 +1,7 @@
 """How alike two attribution maps are: rank correlation (signed and of absolute values), SSIM
-(scikit-image, 2D and 3D) and top-k overlap — the scores of the randomisation tests.
+(scikit-image, 2D and 3D) and top-k overlap — the scores of the randomisation tests. Each
+score compares the maps of one image; :func:`similarities` with ``batch=True`` scores each image
+of a batch on its own (a list per score), never one correlation pooled over the batch.
 
 Example:
     >>> import numpy as np
@@ -12,6 +14,8 @@ Example:
 from __future__ import annotations
 
 import numpy as np
+
+from esegeta_monai.errors import InputError
 
 __all__ = ["similarities", "spearman", "ssim", "topk_overlap"]
 
@@ -63,7 +67,22 @@ def topk_overlap(a, b, fraction: float = 0.05) -> float:
     return len(top_x & top_y) / len(top_x | top_y)
 
 
-def similarities(a, b, fraction: float = 0.05) -> dict[str, float]:
-    """Every score at once: ``spearman``, ``spearman_abs``, ``ssim``, ``topk_overlap``."""
+def similarities(a, b, fraction: float = 0.05, batch: bool = False) -> dict:
+    """Every score at once: ``spearman``, ``spearman_abs``, ``ssim``, ``topk_overlap`` of one
+    image's maps; with ``batch`` the first axis indexes images and each score is a list with
+    one value per image.
+
+    Example:
+        >>> import numpy as np
+        >>> a = np.random.default_rng(0).random((2, 1, 6, 6))
+        >>> similarities(a, a[::-1], batch=True)["topk_overlap"] == [topk_overlap(a[0], a[1]), topk_overlap(a[1], a[0])]
+        True
+    """
+    if batch:
+        x, y = _flat(a), _flat(b)
+        if x.shape != y.shape:
+            raise InputError(f"maps of shapes {x.shape} and {y.shape}: give two batches of the same shape")
+        scores = [similarities(i, j, fraction) for i, j in zip(x, y)]
+        return {name: [s[name] for s in scores] for name in ("spearman", "spearman_abs", "ssim", "topk_overlap")}
     return {"spearman": spearman(a, b), "spearman_abs": spearman(a, b, absolute=True), "ssim": ssim(a, b),
             "topk_overlap": topk_overlap(a, b, fraction)}
