@@ -465,3 +465,81 @@ def test_evaluate_runs_esegeta_evaluate_on_a_job(gui, explained):
     assert arguments[arguments.index("--target") + 1] == "argmax:1" and arguments[arguments.index("--steps") + 1] == "3"
     assert arguments[arguments.index("--image") + 1] == str(SAMPLE.resolve())
     assert gui.client.delete(f"/api/jobs/{job_id}").json()["status"] == "cancelled"
+
+
+# ------------------------------------------------------------------------- a case of several files
+
+
+@pytest.fixture(scope="module")
+def phases(tmp_path_factory):
+    """A GUI over a bundle that reads two files per case (``image``, ``venous``) and two scans."""
+    from case_bundle import make_phases_bundle, write_phases
+
+    folder = tmp_path_factory.mktemp("phases_root")
+    make_phases_bundle(folder / "phases")
+    arterial, venous = write_phases(folder / "scans")
+    other = folder / "scans" / "other_grid.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((9, 9, 9), np.float32), np.eye(4)), str(other))
+    app = create_app(roots=[folder], out=tmp_path_factory.mktemp("phases_out"), token=TOKEN)
+    return SimpleNamespace(app=app, client=TestClient(app, headers=AUTH), arterial=arterial, venous=venous,
+                           out=app.state.gui.jobs.out)
+
+
+CASE = [["image", "0:scans/arterial.nii.gz"], ["venous", "0:scans/venous.nii.gz"]]
+CASE_JOB = {"bundle": "0:phases", "case": CASE, "methods": [{"name": "saliency"}], "targets": ["otsu:1"], "device": "cpu",
+            "figures": False, "channel_reduce": "none"}
+
+
+def test_a_bundle_says_which_files_a_case_is_made_of(phases, gui):
+    case = phases.client.get("/api/bundles/0:phases").json()["case"]
+    assert case == {"keys": {"required": ["image", "venous"], "optional": []}, "image_key": "image", "several": True,
+                    "slots": [{"key": "image", "label": "image"}, {"key": "venous", "label": "venous"}]}
+    demo = gui.client.get(f"/api/bundles/{DEMO_ID}").json()["case"]
+    assert demo["several"] is False and demo["slots"] == [{"key": "image", "label": "image"}]
+
+
+@pytest.mark.parametrize("change,status,words", [
+    ({"case": [["image", "0:scans/arterial.nii.gz"]]}, 400, ["reads the keys image, venous", "venous is missing"]),
+    ({"case": [*CASE, ["arterial", "0:scans/arterial.nii.gz"]]}, 400, ["arterial is not read by it"]),
+    ({"case": [["image", "0:scans/arterial.nii.gz"], ["image", "0:scans/other_grid.nii.gz"], CASE[1]]}, 400,
+     ["lies on another grid"]),
+    ({"case": [CASE[0], ["venous", "0:../outside.nii.gz"]]}, 403, ["'..'"]),
+    ({"case": [CASE[0], ["venous", "/etc/passwd"]]}, 400, ["not a file id"]),
+    ({"case": [["im age", "0:scans/arterial.nii.gz"]]}, 400, ["is not a key"]),
+    ({"case": {"image": "0:scans/arterial.nii.gz"}}, 400, ["list of [key, file id] pairs"]),
+    ({"images": ["0:scans/arterial.nii.gz"]}, 400, ["either images", "not both"]),
+])
+def test_invalid_cases_are_refused_before_starting(phases, change, status, words):
+    response = phases.client.post("/api/jobs", json={**CASE_JOB, **change})
+    assert response.status_code == status, response.text
+    assert all(w in response.json()["error"] for w in words), response.json()
+    assert phases.client.get("/api/jobs").json() == []
+
+
+def test_a_case_job_runs_esegeta_explain_on_its_files(phases, tmp_path):
+    """The case becomes the run config's KEY=FILE images; the job's map has one volume per file,
+    on the first file's grid, equal to `esegeta explain --image image=… --image venous=…`; an
+    evaluation of the job passes the same pairs to `esegeta evaluate`."""
+    response = phases.client.post("/api/jobs", json=CASE_JOB)
+    assert response.status_code == 201, response.text
+    job_id = response.json()["id"]
+    run = yaml.safe_load((phases.out / job_id / "run.yaml").read_text())
+    assert run["images"] == [f"image={phases.arterial}", f"venous={phases.venous}"]
+    direct = tmp_path / "direct"
+    assert main(["-q", "explain", "--bundle", run["bundle"], "--image", f"image={phases.arterial}", "--image",
+                 f"venous={phases.venous}", "--methods", "saliency", "--target", "otsu:1", "--channel-reduce", "none",
+                 "--out", str(direct), "--no-figures", "--device", "cpu"]) == 0
+    job = _wait(phases.client, job_id)
+    assert job["status"] == "done" and job["progress"]["total"] == 1, job
+    (record,) = job["records"]
+    assert record["status"] == "ok" and record["image_file"] == "0:scans/arterial.nii.gz"
+    assert [e["role"] for e in record["inputs"]] == ["image:image", "image:venous"]
+    written = nib.load(str(phases.out / job_id / record["path"]))
+    for scan in (phases.arterial, phases.venous):
+        assert written.shape == (*nib.load(str(scan)).shape, 2)  # one volume per file
+        np.testing.assert_allclose(written.affine, nib.load(str(scan)).affine, atol=1e-5)
+    np.testing.assert_allclose(written.get_fdata(), nib.load(str(direct / record["path"])).get_fdata(), rtol=1e-5)
+    evaluation = phases.client.post(f"/api/jobs/{job_id}/evaluate", json={"metrics": ["deletion"], "steps": 3})
+    arguments = json.loads((phases.out / evaluation.json()["id"] / JOB_SPEC).read_text())["arguments"]
+    assert [arguments[i + 1] for i, a in enumerate(arguments) if a == "--image"] == run["images"]
+    assert phases.client.delete(f"/api/jobs/{evaluation.json()['id']}").json()["status"] == "cancelled"  # its CLI: test_evaluation

@@ -14,6 +14,7 @@ Without chromium or the playwright package the module is skipped, unless ``CI`` 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import os
@@ -34,14 +35,14 @@ VIEWPORT = {"width": 1280, "height": 800}
 JOB_TIMEOUT_MS = 180_000
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@contextlib.contextmanager
+def serving(roots, out):
     """The GUI on 127.0.0.1 and a free port, served by uvicorn in a thread of this process."""
     uvicorn = pytest.importorskip("uvicorn")
     from esegeta_monai.apps.gui import create_app
 
     token = secrets.token_urlsafe(16)
-    app = create_app(roots=[REPO / "bundles"], out=tmp_path_factory.mktemp("gui_out"), token=token)
+    app = create_app(roots=roots, out=out, token=token)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     sock.listen(64)
@@ -53,10 +54,18 @@ def server(tmp_path_factory):
         time.sleep(0.05)
     assert instance.started, "the GUI server did not start"
     base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    yield SimpleNamespace(base=base, token=token, app=app)
-    instance.should_exit = True
-    thread.join(timeout=10)
-    sock.close()
+    try:
+        yield SimpleNamespace(base=base, token=token, app=app)
+    finally:
+        instance.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with serving([REPO / "bundles"], tmp_path_factory.mktemp("gui_out")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +215,53 @@ def test_gui_end_to_end(server, browser, shots):
     assert requested and all(url.startswith(server.base) for url in requested), [u for u in requested if not u.startswith(server.base)]
     assert not errors, errors
     context.close()
+
+
+def test_gui_builds_a_case_of_two_files(tmp_path, browser, shots):
+    """A bundle that reads two keys: the page offers one place per key, filled from the selected
+    scans (a wrong order is put right with the places' pickers), and the job explains the case."""
+    from case_bundle import make_phases_bundle, write_phases
+    from playwright.sync_api import expect
+
+    make_phases_bundle(tmp_path / "root" / "phases")
+    write_phases(tmp_path / "root" / "scans")
+    with serving([tmp_path / "root"], tmp_path / "out") as running:
+        context = browser.new_context(viewport=VIEWPORT)
+        page = context.new_page()
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.goto(f"{running.base}/?token={running.token}#bundle")
+        card = page.locator('.bundle-card[data-bundle-id="0:phases"]')
+        card.click()
+        expect(page.locator("#bundle-detail")).to_contain_text("2 files, one per key: image, venous")
+        page.screenshot(path=str(shots / "1_case_bundle.png"))
+
+        page.click("#bundle-next")
+        page.click('#step-scans .tab[data-pane="browse"]')
+        page.locator("#browse-list .file-row").first.click()  # the root
+        page.locator("#browse-list .file-row", has_text="scans").click()
+        page.check('input[data-scan-id="0:scans/venous.nii.gz"]')  # in the wrong order first
+        page.check('input[data-scan-id="0:scans/arterial.nii.gz"]')
+        expect(page.locator("#case-panel")).to_be_visible()
+        expect(page.locator("#case-slot-0")).to_have_value("0:scans/venous.nii.gz")
+        expect(page.locator("#scans-next")).to_be_enabled()
+        page.select_option("#case-slot-0", "0:scans/arterial.nii.gz")
+        expect(page.locator("#case-status")).to_contain_text("in two places")
+        expect(page.locator("#scans-next")).to_be_disabled()
+        page.select_option("#case-slot-1", "0:scans/venous.nii.gz")
+        expect(page.locator("#case-status")).to_contain_text("One case of 2 files")
+        page.screenshot(path=str(shots / "2_case.png"))
+
+        page.click("#scans-next")
+        page.check("#method-saliency")
+        page.fill("#targets", "otsu:1")
+        expect(page.locator("#plan-summary")).to_contain_text("1 map = 1 case")
+        page.click("#run-button")
+        job = page.locator(".job").first
+        page.wait_for_selector('.job[data-status="done"], .job[data-status="failed"]', timeout=JOB_TIMEOUT_MS)
+        assert job.get_attribute("data-status") == "done", job.inner_text()
+        assert "1 of 1 maps" in job.inner_text()
+        (spec,) = running.app.state.gui.jobs.jobs()
+        assert spec.request["case"] == [["image", "0:scans/arterial.nii.gz"], ["venous", "0:scans/venous.nii.gz"]]
+        assert not errors, errors
+        context.close()

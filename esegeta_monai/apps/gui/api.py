@@ -10,7 +10,9 @@ GET      /api/bundles/{id}/layers        its network's layers: ``[{"name", "type
 GET      /api/files?dir={id}             a folder's entries (no ``dir``: the roots)
 GET      /api/file/{id}                  a file's bytes (``?download=1``: as an attachment)
 POST     /api/uploads?name={name}        the raw body stored under ``OUT/uploads/`` → ``{"id", "name"}``
-POST     /api/jobs                       an explain job (validated first) → 201 ``{"id"}``
+POST     /api/jobs                       an explain job (validated first) → 201 ``{"id"}``; ``images``
+                                         (file ids), or one ``case`` of several files:
+                                         ``[[key, file id], …]`` (a repeated key is stacked)
 GET      /api/jobs                       every job, the newest first
 GET      /api/jobs/{id}                  status, progress, records, outputs, report, log tail
 GET      /api/jobs/{id}/events           server-sent events: ``progress`` (as GET), then ``end``
@@ -63,11 +65,13 @@ EVENT_EVERY = 0.5
 #: seconds between two comment lines that keep an idle event stream open
 KEEPALIVE_EVERY = 15.0
 #: the keys of POST /api/jobs
-JOB_KEYS = ("bundle", "images", "methods", "targets", "device", "amp", "timeout", "layer", "window", "format",
+JOB_KEYS = ("bundle", "images", "case", "methods", "targets", "device", "amp", "timeout", "layer", "window", "format",
             "channel_reduce", "figures", "allow_empty", "nan_policy", "local")
 #: the keys of POST /api/jobs/{id}/evaluate
 EVALUATE_KEYS = ("metrics", "methods", "labels", "samples", "steps", "seed", "figures")
 _FILE_ID = re.compile(r"^(\d+|out):")
+#: a key of a case's file: a name as ``--image KEY=FILE`` takes it
+_CASE_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _MEDIA = {".nii.gz": "application/octet-stream", ".nii": "application/octet-stream", ".nrrd": "application/octet-stream",
           ".mha": "application/octet-stream", ".gz": "application/octet-stream", ".html": "text/html; charset=utf-8",
           ".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".json": "application/json",
@@ -320,6 +324,25 @@ def _target_value(target: Any, roots: Roots) -> Any:
     return target
 
 
+def case_images(case: Any, bundle, roots: Roots) -> list[str]:
+    """A case of several files, ``[[key, file id], …]``, as the ``KEY=PATH`` values of the run
+    config's ``images`` (which ``esegeta explain`` reads as one case, as ``--image KEY=FILE``):
+    every file through the roots' resolver, the keys and grids checked against the bundle
+    (:func:`~esegeta_monai.monai.io.images.case_data`) before the job starts."""
+    from esegeta_monai.monai.io.images import case_data
+
+    if not isinstance(case, list) or not all(isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p)
+                                             for p in case):
+        raise ConfigError(f"job: case must be a list of [key, file id] pairs, e.g. [[\"image\", \"0:t1.nii.gz\"], "
+                          f"[\"image\", \"0:t2.nii.gz\"]], got {case!r}")
+    bad = [key for key, _ in case if not _CASE_KEY.match(key)]
+    if bad:
+        raise ConfigError(f"job: case: {bad[0]!r} is not a key (letters, digits and _, as the bundle's LoadImaged names them)")
+    pairs = [(key, str(roots.resolve(file_id, kind="file"))) for key, file_id in case]
+    case_data(pairs, bundle.preprocessing, bundle.image_key, "job: case")
+    return [f"{key}={path}" for key, path in pairs]
+
+
 def explain_config(body: dict[str, Any], gui: GuiState) -> tuple[dict[str, Any], int, Any]:
     """The run config mapping of a job request (paths resolved, validated with
     :meth:`~esegeta_monai.apps.config.RunConfig.from_mapping` and against the bundle), the number
@@ -337,7 +360,12 @@ def explain_config(body: dict[str, Any], gui: GuiState) -> tuple[dict[str, Any],
     if not isinstance(images, list) or not all(isinstance(i, str) for i in images):
         raise ConfigError(f"job: images must be a list of file ids, got {images!r}")
     images = list(dict.fromkeys(str(gui.roots.resolve(i, kind="file")) for i in images))
-    if not images and not bundle.samples:
+    cases = 1 if body.get("case") else len(images or bundle.samples)
+    if body.get("case"):
+        if images:
+            raise ConfigError("job: give either images (one file each) or one case of several files, not both")
+        images = case_images(body["case"], bundle, gui.roots)
+    elif not images and not bundle.samples:
         raise ConfigError(f"job: bundle {body['bundle']} has no sample image; pick scans under the roots or upload them")
     entries = method_entries(body.get("methods"), lambda v: _file_value(v, gui.roots, "method option"))
     targets = body.get("targets") or []
@@ -356,7 +384,7 @@ def explain_config(body: dict[str, Any], gui: GuiState) -> tuple[dict[str, Any],
     resolve_device(config.device)
     targets = list(config.targets) or default_targets(bundle)
     check_against_bundle(config, bundle, targets, config.window_settings(bundle.window))
-    planned = len(images or bundle.samples) * len(config.methods) * sum(len(split_targets(t)) for t in targets)
+    planned = cases * len(config.methods) * sum(len(split_targets(t)) for t in targets)
     return mapping, planned, bundle
 
 

@@ -28,7 +28,7 @@ from esegeta_monai.errors import EsegetaError
 from esegeta_monai.methods.base import json_safe
 from esegeta_monai.monai.bundle import INFERENCE_CONFIG_NAMES, Bundle, load_bundle
 
-__all__ = ["BundleCatalog", "is_bundle", "find_bundles"]
+__all__ = ["BundleCatalog", "is_bundle", "find_bundles", "case_layout"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +67,41 @@ def find_bundles(roots: Roots) -> list[Path]:
             queue += [(c, depth + 1) for c in children if not c.name.startswith(".") and c.name not in _SKIPPED
                       and c.resolve() != roots.out]
     return list(found)
+
+
+def case_layout(bundle: Bundle) -> dict[str, Any]:
+    """The files a case of ``bundle`` is made of, for the page's case builder: ``keys`` (the keys
+    its ``LoadImaged`` reads: ``required`` then ``optional``), ``slots`` (one ``{"key", "label"}``
+    per file, in order) and ``several`` (whether a case needs more than one file).
+
+    The rule: every required key is one file; the image key is ``in_channels`` files, stacked as
+    channels, when it is the only key read by a 3D bundle whose input has several channels (BraTS:
+    T1c, T1, T2, FLAIR, named from the metadata's ``channel_def``). A 2D multi-channel input is one
+    (colour) file. Optional keys are not asked for.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> from monai.transforms import Compose, LoadImaged
+        >>> brats = SimpleNamespace(preprocessing=Compose([LoadImaged("image")]), image_key="image", in_channels=2,
+        ...                         spatial_dims=3, channel_names={0: "T1", 1: "T2"})
+        >>> [s["label"] for s in case_layout(brats)["slots"]]
+        ['T1 (channel 1 of 2)', 'T2 (channel 2 of 2)']
+    """
+    from esegeta_monai.monai.io.images import loader_keys
+
+    required, optional = loader_keys(bundle.preprocessing)
+    key = bundle.image_key
+    channels = bundle.in_channels or 1
+    slots: list[dict[str, str]] = []
+    if required in ([], [key]) and channels > 1 and bundle.spatial_dims == 3:
+        names = bundle.channel_names
+        slots = [{"key": key, "label": f"{names.get(i, f'channel {i}')} (channel {i + 1} of {channels})"}
+                 for i in range(channels)]
+    else:
+        for name in [key] + [k for k in required if k != key]:
+            slots.append({"key": name, "label": name})
+    return {"keys": {"required": required, "optional": optional}, "image_key": key, "slots": slots,
+            "several": len(slots) > 1}
 
 
 def _stamp(folder: Path) -> tuple:
@@ -148,6 +183,7 @@ class BundleCatalog:
             "in_channels": bundle.in_channels,
             "out_channels": bundle.out_channels,
             "has_weights": (bundle.root / "models" / "model.pt").is_file(),
+            "case": case_layout(bundle),
             "config_is_code": True,
         }
 

@@ -4,6 +4,7 @@ import { $, $$ } from './js/dom.js';
 import { emit, on, state } from './js/state.js';
 import { initBundles } from './js/bundles.js';
 import { initScans } from './js/scans.js';
+import { caseMode, casePairs, initCase } from './js/case.js';
 import { initMethods } from './js/methods.js';
 import { initJobs } from './js/jobs.js';
 import { initResults } from './js/results.js';
@@ -30,7 +31,7 @@ function showStep(step) {
 function markDone() {
   const done = {
     bundle: Boolean(state.bundle),
-    scans: state.scans.length > 0,
+    scans: caseMode() ? Boolean(casePairs()) : state.scans.length > 0,
     methods: state.chosen.size > 0,
     run: state.jobs.size > 0,
     results: false,
@@ -45,10 +46,11 @@ document.addEventListener('click', (event) => {
   showStep(target.dataset.goto || target.dataset.step);
 });
 
-for (const event of ['bundle', 'scans', 'methods', 'jobs']) on(event, markDone);
+for (const event of ['bundle', 'scans', 'case', 'methods', 'jobs']) on(event, markDone);
 on('goto', showStep);
 
 initBundles();
+initCase();
 initScans();
 initMethods();
 initJobs();

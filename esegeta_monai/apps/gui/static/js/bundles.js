@@ -37,6 +37,16 @@ function windowList(window) {
   return h('dl', { class: 'kv' }, Object.entries(window).flatMap(([key, value]) => [h('dt', {}, key.replaceAll('_', ' ')), h('dd', {}, show(value))]));
 }
 
+/** What one case of the bundle is: "one file", or its files by key (or by channel when stacked). */
+function caseText(caseLayout) {
+  if (!caseLayout || !caseLayout.several) return 'one file per scan';
+  const slots = caseLayout.slots;
+  if (slots.every((slot) => slot.key === slots[0].key)) {
+    return `${slots.length} files stacked as the channels of "${slots[0].key}": ${slots.map((s) => s.label.replace(/ \(channel.*\)$/, '')).join(', ')}`;
+  }
+  return `${slots.length} files, one per key: ${slots.map((s) => s.key).join(', ')}`;
+}
+
 export function bundleKind(bundle) {
   const dims = bundle.spatial_dims ? `${bundle.spatial_dims}D` : '';
   return `${dims} ${bundle.classifier ? 'classifier' : 'segmentation'}`.trim();
@@ -52,6 +62,7 @@ function renderDetail(bundle) {
     ['Task', bundle.task ? `${bundle.task} (${bundleKind(bundle)})` : bundleKind(bundle)],
     ['Inputs', tensorList(bundle.inputs)],
     ['Outputs', tensorList(bundle.outputs)],
+    ['A case', caseText(bundle.case)],
     ['Classes', classList(bundle.class_names)],
     ['Window', windowList(bundle.window)],
     ['Samples', (bundle.samples || []).length ? `${bundle.samples.length} file(s) shipped with the bundle` : h('span', { class: 'muted' }, 'none')],

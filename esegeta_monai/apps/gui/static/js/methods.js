@@ -4,6 +4,7 @@
 import { getJson, sendJson } from './api.js';
 import { $, $$, fill, h, notice } from './dom.js';
 import { emit, on, state } from './state.js';
+import { caseMode, casePairs } from './case.js';
 import { parseValue, sameValue, showValue } from './values.js';
 
 const FAMILIES = {
@@ -203,14 +204,17 @@ function targets() {
 
 function changed() {
   const methods = state.chosen.size;
-  const scans = state.scans.length;
+  const asCase = caseMode();
+  const scans = asCase ? (casePairs() ? 1 : 0) : state.scans.length;
+  const unit = asCase ? 'case' : 'scan';
   const count = targets().length;
   $('#summary-methods').textContent = methods ? `${methods} method${methods === 1 ? '' : 's'}` : 'choose methods';
-  const missing = [!state.bundle && 'a bundle (step 1)', !scans && 'a scan (step 2)', !methods && 'a method', !count && 'a target'].filter(Boolean);
+  const missing = [!state.bundle && 'a bundle (step 1)', !scans && `${asCase ? 'a complete case' : 'a scan'} (step 2)`,
+    !methods && 'a method', !count && 'a target'].filter(Boolean);
   fill($('#plan-summary'), missing.length
     ? h('p', { class: 'muted' }, `Still needed: ${missing.join(', ')}.`)
     : h('p', {}, h('b', {}, `${scans * methods * count} map${scans * methods * count === 1 ? '' : 's'}`),
-      ` = ${scans} scan${scans === 1 ? '' : 's'} × ${methods} method${methods === 1 ? '' : 's'} × ${count} target${count === 1 ? '' : 's'}`));
+      ` = ${scans} ${unit}${scans === 1 ? '' : 's'} × ${methods} method${methods === 1 ? '' : 's'} × ${count} target${count === 1 ? '' : 's'}`));
   $('#run-button').disabled = missing.length > 0;
   emit('methods', state.chosen);
 }
@@ -240,7 +244,7 @@ async function run() {
   const timeout = $('#timeout').value.trim();
   const body = {
     bundle: state.bundle.id,
-    images: state.scans.map((scan) => scan.id),
+    ...(caseMode() ? { case: casePairs() } : { images: state.scans.map((scan) => scan.id) }),
     methods,
     targets: targets(),
     device: $('#device').value,
@@ -269,6 +273,7 @@ export async function initMethods() {
   $('#run-button').addEventListener('click', run);
   on('bundle', onBundle);
   on('scans', changed);
+  on('case', changed);
   loadDevices();
   try {
     state.methods = await getJson('/api/methods');
