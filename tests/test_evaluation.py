@@ -183,3 +183,163 @@ def test_independent_randomisation_changes_one_layer_at_a_time():
     seen.clear()
     cascading_randomisation(net, explain, x, seed=2)
     assert [len(s) for s in seen] == [0, 2, 4, 6]  # cascading: the randomised layers accumulate
+
+
+def test_esegeta_evaluate_takes_a_case_of_several_files(tmp_path):
+    """`--image KEY=FILE` pairs form one case: its deletion AUC is the one computed directly on the
+    two phases stacked as the bundle's preprocessing stacks them; one file alone is refused."""
+    import csv
+
+    import nibabel as nib
+    from case_bundle import make_phases_bundle, write_phases
+
+    from esegeta_monai.apps.cli import main
+    from esegeta_monai.monai.bundle import load_bundle
+
+    root = make_phases_bundle(tmp_path / "phases")
+    arterial, venous = write_phases(tmp_path / "scans")
+    out = tmp_path / "eval"
+    common = ["--bundle", str(root), "--methods", "saliency", "--metrics", "deletion", "--steps", "4", "--no-figures", "-q"]
+    assert main(["evaluate", *common, "--image", f"image={arterial}", "--image", f"venous={venous}", "--out", str(out)]) == 0
+    (row,) = list(csv.DictReader((out / "evaluation.csv").open()))
+    assert row["status"] == "ok" and row["image"] == str(arterial)
+
+    bundle = load_bundle(root)
+    x = torch.as_tensor(np.stack([nib.load(str(p)).get_fdata() for p in (arterial, venous)]), dtype=torch.float32)
+    x = ((x - x.min()) / (x.max() - x.min()))[None]  # ConcatItemsd, then ScaleIntensityd over both channels
+    explainer = Explainer(bundle.network, "saliency", "argmax:1", **bundle.window.as_dict())
+    direct = deletion_insertion(explainer, x, explainer(x), steps=4)["deletion_auc"]
+    assert float(row["value"]) == pytest.approx(direct, rel=1e-4)
+    swapped = tmp_path / "swapped"
+    assert main(["evaluate", *common, "--image", f"image={venous}", "--image", f"venous={arterial}", "--out", str(swapped)]) == 0
+    assert float(next(csv.DictReader((swapped / "evaluation.csv").open()))["value"]) != pytest.approx(direct, rel=1e-4)
+    assert main(["evaluate", *common, "--image", str(arterial), "--out", str(tmp_path / "one")]) != 0
+
+
+class OffsetLogit(torch.nn.Module):
+    """A classifier whose class-1 logit is the image's sum inside ``box`` minus ``offset`` (class 0: 0):
+    with a large offset the clean logit is negative, as the lesion demo's −3.73 on ``absent_2``."""
+
+    def __init__(self, box, offset):
+        super().__init__()
+        self.box, self.offset = box, offset
+        self.scale = torch.nn.Parameter(torch.ones(()))
+
+    def forward(self, x):
+        inside = x[(slice(None), slice(None), *self.box)].flatten(1).sum(1) * self.scale - self.offset
+        return torch.stack([torch.zeros_like(inside), inside], 1)
+
+
+def test_deletion_normalises_by_the_filled_image_so_a_negative_target_keeps_its_direction():
+    box = (slice(2, 8), slice(3, 9))
+    net = OffsetLogit(box, 40.0)
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 16) + 0.5
+    ideal = torch.zeros_like(x)
+    ideal[(slice(None), slice(None), *box)] = x[(slice(None), slice(None), *box)]
+    maps = {"ideal": ideal, "random": torch.rand_like(x), "inverted": -ideal}
+    explainer = Explainer(net, "saliency", ClassScore(1))
+    logit = float(net(x)[0, 1].detach())
+    assert logit < -2  # the clean target is negative: T / T_clean would flip the curves
+    for normalisation, clean, filled in (("score", logit, -40.0),
+                                         ("auto", float(torch.softmax(net(x).detach().double(), 1)[0, 1]), float(torch.sigmoid(torch.tensor(-40.0).double())))):
+        curves = {name: deletion_insertion(explainer, x, m, steps=4, normalisation=normalisation) for name, m in maps.items()}
+        for c in curves.values():
+            assert c["normalisation"] == ("score" if normalisation == "score" else "probability") and c["flag"] is None
+            assert c["clean"] == pytest.approx(clean, rel=1e-5) and c["filled"] == pytest.approx(filled, rel=1e-5)
+            np.testing.assert_allclose(c["deletion"], (np.array(c["deletion_raw"]) - c["filled"]) / (c["clean"] - c["filled"]))
+            assert c["deletion"][0] == 1.0 and c["deletion"][-1] == 0.0 and c["insertion"][0] == 0.0 and c["insertion"][-1] == 1.0
+            assert 0.0 <= c["deletion_auc"] <= 1.0 and 0.0 <= c["insertion_auc"] <= 1.0
+        deletion = {name: c["deletion_auc"] for name, c in curves.items()}
+        insertion = {name: c["insertion_auc"] for name, c in curves.items()}
+        assert deletion["ideal"] < deletion["random"] < deletion["inverted"]
+        assert insertion["ideal"] > insertion["random"] > insertion["inverted"]
+        # the ideal map removes the whole box (36 of 256 pixels) in the first quarter: the filled image's target from then on
+        assert curves["ideal"]["deletion_raw"][1] == pytest.approx(filled, rel=1e-5) and curves["ideal"]["deletion"][1] == pytest.approx(0.0, abs=1e-5)
+    with pytest.raises(MethodError, match="classifier"):
+        deletion_insertion(Explainer(torch.nn.Conv2d(1, 2, 1), "saliency", "argmax:1"), x, x, normalisation="probability")
+
+
+def test_deletion_flags_an_image_whose_clean_and_filled_targets_are_equal():
+    box = (slice(2, 8), slice(3, 9))
+    x = torch.rand(1, 1, 16, 16) + 0.5
+    x[(slice(None), slice(None), *box)] = 0.0  # the box holds the fill already: T_clean == T_fill
+    explainer = Explainer(OffsetLogit(box, 3.0), "saliency", ClassScore(1))
+    for normalisation in ("score", "auto"):
+        curves = deletion_insertion(explainer, x, torch.rand_like(x), steps=4, normalisation=normalisation)
+        assert curves["flag"] is not None and "undefined" in curves["flag"]
+        assert np.isnan(curves["deletion_auc"]) and np.isnan(curves["insertion_auc"]) and np.isnan(curves["deletion"]).all()
+        assert np.isfinite(curves["deletion_raw"]).all() and curves["clean"] == curves["filled"]
+
+    from esegeta_monai.apps.evaluate import _metric, _ranking, _row
+
+    shared: dict = {}
+    value, extra, curve = _metric("deletion", explainer, x, torch.rand_like(x), None, None, 0, 4, "fixed", shared)
+    assert value is None and extra["status"] == "undefined" and "undefined" in extra["error"]
+    assert extra["normalisation"] == "probability" and curve["normalisation"] == "probability"
+    before = shared["curves"]
+    _metric("insertion", explainer, x, torch.rand_like(x), None, None, 0, 4, "fixed", shared)
+    assert shared["curves"] is before  # deletion and insertion share one pair of curves
+    row = _row("a.png", "saliency", "deletion", value, **extra)
+    assert row["status"] == "undefined" and _ranking([row]) == {}  # flagged, and left out of the ranking
+
+
+def test_normalised_infidelity_is_scale_free_equals_captum_and_is_what_the_ranking_uses(classifier2d):
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, 16, 16)
+    explainer = Explainer(classifier2d, "saliency", ClassScore(1), abs=False)
+    attribution = explainer(x)
+    values = [infidelity(explainer, x, attribution * scale, n_samples=6, noise_std=1.0, seed=3, normalize=True)
+              for scale in (1.0, 7.5, -0.2)]
+    assert values[0]["normalize"] is True and values[0]["infidelity"] > 1e-6
+    assert all(v["infidelity"] == pytest.approx(values[0]["infidelity"], rel=1e-4) for v in values)
+    raw = [infidelity(explainer, x, attribution * scale, n_samples=6, noise_std=1.0, seed=3)["infidelity"] for scale in (1.0, 7.5)]
+    assert raw[1] > 2 * raw[0]  # the raw value depends on the map's scale
+    torch.manual_seed(3)
+    reference = captum_infidelity(lambda b: classifier2d(b)[:, 1], noise_perturbation(1.0), x, attribution,
+                                  n_perturb_samples=6, max_examples_per_batch=4, normalize=True)
+    assert values[0]["infidelity"] == pytest.approx(float(reference[0]), rel=1e-4)
+
+    from esegeta_monai.apps.evaluate import _metric, _ranking, _row
+
+    value, extra, _ = _metric("infidelity", explainer, x, attribution, None, 6, 3, 4, "fixed")
+    direct = infidelity(explainer, x, attribution, n_samples=6, seed=3, normalize=True)["infidelity"]
+    assert extra["normalize"] is True and value == pytest.approx(direct, rel=1e-6)
+    assert _ranking([_row("a.png", "saliency", "infidelity", value, **extra)])["infidelity"][0]["normalize"] is True
+
+
+def test_similarities_of_a_batch_are_the_per_image_values():
+    from esegeta_monai.evaluation import similarities
+
+    torch.manual_seed(0)
+    a = torch.rand(2, 1, 8, 8, 8)
+    b = a + torch.rand(2, 1, 8, 8, 8) * torch.tensor([0.2, 5.0]).view(2, 1, 1, 1, 1)  # image 1 barely alike
+    batch = similarities(a, b, batch=True)
+    for i in range(2):
+        assert {k: v[i] for k, v in batch.items()} == similarities(a[i : i + 1], b[i : i + 1])
+    assert batch["spearman"][0] > 0.9 > batch["spearman"][1]
+    assert similarities(a, b)["spearman"] not in batch["spearman"]  # pooling would give another number
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 2, 1))
+    x = torch.rand(2, 1, 10, 10)
+    both = cascading_randomisation(net, lambda m: Explainer(m, "saliency", "class:1")(x), x[:1], seed=1)
+    for i in range(2):
+        one = cascading_randomisation(net, lambda m: Explainer(m, "saliency", "class:1")(x[i : i + 1]), x[:1], seed=1)
+        assert [s["per_image"]["spearman_abs"][i] for s in both] == pytest.approx([s["spearman_abs"] for s in one], rel=1e-6)
+    assert both[1]["spearman_abs"] == pytest.approx(np.mean(both[1]["per_image"]["spearman_abs"]))
+
+
+def test_esegeta_evaluate_lists_metrics_with_direction_cost_and_reference(capsys):
+    from esegeta_monai.apps.cli import main
+    from esegeta_monai.apps.evaluate import METRIC_INFO, METRICS
+
+    assert set(METRIC_INFO) == set(METRICS)
+    with pytest.raises(SystemExit) as exited:
+        main(["evaluate", "--list-metrics"])  # no bundle needed
+    assert exited.value.code == 0
+    lines = capsys.readouterr().out.splitlines()
+    for metric, lower in METRICS.items():
+        line = next(line for line in lines if line.split()[0] == metric)
+        assert line.split()[1] == ("lower" if lower else "higher")
+        cost, reference = METRIC_INFO[metric]
+        assert cost in line and reference in line

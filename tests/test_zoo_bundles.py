@@ -149,25 +149,10 @@ def test_slice_inferer_saliency_equals_autograd_through_slice_inferer(tmp_path):
 def test_a_case_of_several_keys(tmp_path):
     """A bundle that reads two keys (two CT phases concatenated): one file is refused with the keys
     to give; KEY=FILE pairs run and the map is aligned with both files."""
-    from tiny_bundle import make_tiny_bundle, write_image
+    from case_bundle import make_phases_bundle, write_phases
 
-    root = make_tiny_bundle(tmp_path / "phases")
-    config = json.loads((root / "configs" / "inference.json").read_text())
-    keys = ["image", "venous"]
-    config["network_def"]["in_channels"] = 2
-    config["preprocessing"]["transforms"] = [
-        {"_target_": "LoadImaged", "keys": keys}, {"_target_": "EnsureChannelFirstd", "keys": keys},
-        {"_target_": "ConcatItemsd", "keys": keys, "name": "image"},
-        {"_target_": "ScaleIntensityd", "keys": "image"}, {"_target_": "EnsureTyped", "keys": "image"}]
-    (root / "configs" / "inference.json").write_text(json.dumps(config))
-    metadata = json.loads((root / "configs" / "metadata.json").read_text())
-    metadata["network_data_format"]["inputs"]["image"]["num_channels"] = 2
-    (root / "configs" / "metadata.json").write_text(json.dumps(metadata))
-    from monai.networks.nets import UNet
-
-    torch.manual_seed(0)
-    torch.save(UNet(**{k: v for k, v in config["network_def"].items() if k != "_target_"}).state_dict(), root / "models" / "model.pt")
-    arterial, venous = write_image(tmp_path / "arterial.nii.gz", seed=1), write_image(tmp_path / "venous.nii.gz", seed=2)
+    root = make_phases_bundle(tmp_path / "phases")
+    arterial, venous = write_phases(tmp_path)
     out = tmp_path / "out"
     assert main(["-q", "explain", "--bundle", str(root), "--image", str(arterial), "--out", str(out), "--no-figures"]) == 1
     failed = json.loads((out / "manifest.json").read_text())["records"][0]

@@ -7,7 +7,8 @@ Subcommands:
     methods   list the registered methods
     layers    list a bundle network's layers (names for CAMs) with output shapes
     evaluate  score methods on a bundle's images (infidelity, sensitivity, deletion/insertion,
-              localisation, cascading randomisation): tables, a ranking and figures
+              localisation, cascading randomisation): tables, a ranking and figures; with several
+              --bundle, the models compared on the same images (intervals, paired tests, Holm)
     bundle-config  print the path of the shipped override config (explain step for monai.bundle run)
     targets   list the target kinds
 
@@ -129,8 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--contains", help="only layers whose name or type contains this text")
 
     evaluate = sub.add_parser("evaluate", parents=[common], help="score methods: infidelity, sensitivity, deletion/insertion, localisation, randomisation")
-    evaluate.add_argument("--bundle", required=True, help="MONAI bundle folder")
-    evaluate.add_argument("--image", action="append", dest="images", metavar="FILE", help="input image (repeatable); default: the bundle's sample")
+    evaluate.add_argument("--bundle", required=True, action="append", dest="bundle",
+                          help="MONAI bundle folder; repeat it to compare models on the same images (tables with "
+                               "confidence intervals, paired Wilcoxon tests with Holm's correction: comparison.md)")
+    evaluate.add_argument("--image", action="append", dest="images", metavar="FILE|KEY=FILE",
+                          help="input image or glob (repeatable); every KEY=FILE forms one case of several files (a "
+                               "repeated key is stacked as channels, in order); default: the bundle's sample")
     evaluate.add_argument("--label", action="append", dest="labels", default=[], metavar="FILE", help="ground-truth label per image (localisation)")
     evaluate.add_argument("--methods", default="saliency,guided_backprop,deconvolution", help="comma-separated methods")
     evaluate.add_argument("--metrics", default="infidelity,sensitivity,deletion,insertion,randomisation", help="comma-separated metrics")
@@ -145,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--roi-size", type=_roi, help="override the bundle's window")
     evaluate.add_argument("--no-figures", action="store_true", help="tables only")
     evaluate.add_argument("--out", default="esegeta_eval", help="output folder (default esegeta_eval)")
+    evaluate.add_argument("--list-metrics", action=_ListMetrics,
+                          help="print each metric's direction (lower/higher is better), cost (forwards per image) and reference, then exit")
+    evaluate.add_argument("--alpha", type=float, default=0.05, help="several bundles: family-wise error rate after Holm (default 0.05)")
+    evaluate.add_argument("--n-boot", type=int, default=10_000, help="several bundles: bootstrap resamples, seeded by --seed (default 10000)")
 
     shipped = sub.add_parser("bundle-config", parents=[common], help="print the path of a shipped override config (default: explain)")
     shipped.add_argument("name", nargs="?", default="explain", help="explain (default) or swin_unetr_compat")
@@ -154,6 +163,19 @@ def build_parser() -> argparse.ArgumentParser:
     methods.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("targets", parents=[common], help="list the target kinds")
     return parser
+
+
+class _ListMetrics(argparse.Action):
+    """``esegeta evaluate --list-metrics``: print the metric table and exit (as ``--help``: no bundle needed)."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from esegeta_monai.apps.evaluate import metric_table
+
+        print(metric_table())
+        parser.exit(0)
 
 
 def _config_from_args(args) -> RunConfig:
@@ -269,6 +291,7 @@ def _evaluate(args) -> int:
     from esegeta_monai.monai.bundle import load_bundle
     from esegeta_monai.apps.evaluate import evaluate
     from esegeta_monai.apps.cohort import default_targets
+    from esegeta_monai.apps.inputs import ImageInput, expand_patterns, split_pairs
 
     tune_allocator()
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -280,21 +303,47 @@ def _evaluate(args) -> int:
         if args.layer and "layer" in get_method(spec.name).params:
             spec.options["layer"] = args.layer
         get_method(spec.name).validate(spec.options)
-    bundle = load_bundle(args.bundle)
-    images = args.images or [str(p) for p in bundle.samples]
+    bundle = load_bundle(args.bundle[0])
+    plain, pairs = split_pairs(args.images or [])
+    images = [ImageInput(p) for p in expand_patterns(plain)] + ([ImageInput.case(pairs)] if pairs else [])
+    images = images or [ImageInput(str(p)) for p in bundle.samples]
     if not images:
-        raise EsegetaError(f"bundle {bundle.root} has no sample input; pass --image FILE")
+        raise EsegetaError(f"bundle {bundle.root} has no sample input; pass --image FILE (or --image KEY=FILE pairs)")
     window = {"roi_size": args.roi_size} if args.roi_size else {}
+    if len(args.bundle) > 1:  # the images of the first bundle's handling, for every bundle
+        return _compare(args, [bundle] + [load_bundle(b) for b in args.bundle[1:]], images, methods, metrics, window)
     result = evaluate(bundle, images, methods, metrics, args.out,
                       target=args.target or default_targets(bundle)[0], labels=args.labels, window=window,
                       n_samples=args.samples, seed=args.seed, steps=args.steps, figures=not args.no_figures,
                       target_region=args.target_region)
-    failed = [r for r in result["rows"] if r["status"] != "ok"]
     for metric, order in result["ranking"].items():
         print(f"{metric:13s} " + "  ".join(f"{r['method']} {r['mean']:.4g}" for r in order))
     print(f"tables in {args.out}/evaluation.csv, evaluation.json, ranking.json")
+    return _report_rows(result["rows"], "evaluation.csv")
+
+
+def _compare(args, bundles, images, methods, metrics, window) -> int:
+    from esegeta_monai.apps.cohort import default_targets
+    from esegeta_monai.apps.compare import compare
+
+    targets = [args.target or default_targets(b)[0] for b in bundles]
+    result = compare(bundles, images, methods, metrics, args.out, targets, alpha=args.alpha, n_boot=args.n_boot,
+                     figures=not args.no_figures, seed=args.seed, labels=args.labels, window=window,
+                     n_samples=args.samples, steps=args.steps, target_region=args.target_region)
+    print("\n".join(result["statement"]))
+    print(f"tables in {args.out}/comparison.md, comparison.csv, cells.csv, comparison.json; each model's in {args.out}/<model>/")
+    return _report_rows([r for e in result["evaluations"].values() for r in e["rows"]], f"{args.out}/<model>/evaluation.csv")
+
+
+def _report_rows(rows, where: str) -> int:
+    """Exit status of an evaluation: 1 when a row failed; a row whose metric is undefined on its
+    image (deletion/insertion with equal clean and filled targets) is said, not a failure."""
+    failed = sum(r["status"] not in ("ok", "undefined") for r in rows)
+    undefined = sum(r["status"] == "undefined" for r in rows)
+    if undefined:
+        print(f"{undefined} undefined on their image (the reason is in {where}); left out of the rankings", file=sys.stderr)
     if failed:
-        print(f"{len(failed)} failed: their errors are in evaluation.csv", file=sys.stderr)
+        print(f"{failed} failed: their errors are in {where}", file=sys.stderr)
     return 1 if failed else 0
 
 
