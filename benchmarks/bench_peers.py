@@ -213,8 +213,10 @@ def measure_row(row: str, args) -> dict:
     times: dict[str, list[float]] = {name: [] for name in tools}
     extras: dict[str, list[float]] = {name: [] for name in tools}
     with Contention() as contention:
-        for _ in range(args.rounds):
-            for name, call in tools.items():
+        names = list(tools)
+        for round_ in range(args.rounds):  # each round starts with the next tool: every tool takes every place
+            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                call = tools[name]
                 gc.collect()
                 with RssPeak() as meter:
                     start = time.perf_counter()

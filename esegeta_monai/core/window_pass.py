@@ -297,7 +297,7 @@ class WindowPass:
                     grid, on_grid = self._result_grid(attribution, x_win, blend)
                     importance = grid.window_weights(padded.device)
                     total = torch.zeros((padded.shape[0], attribution.shape[1], *grid.padded_shape), dtype=torch.float32, device=padded.device)
-                if blend:
+                if blend and not plan.single:  # one window: w / W = 1 wherever the map is kept
                     attribution = attribution * importance
                 for (b, window), value in zip(group, attribution):
                     total[(slice(b, b + 1), slice(None), *on_grid[_starts(window)])] += value
@@ -308,7 +308,7 @@ class WindowPass:
         if total is None:  # no window reaches the target
             total = torch.zeros(padded.shape, dtype=torch.float32, device=padded.device)
         if blend:
-            return grid.unpad(total.div_(grid.normaliser()))
+            return grid.unpad(total if plan.single else total.div_(grid.normaliser()))
         return self._unpad(total, inputs)
 
     def _result_grid(self, attribution, x_win, blend: bool):
