@@ -61,9 +61,10 @@ def test_an_empty_target_is_recorded_empty_not_an_all_zero_map(never_class_one, 
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tiny, tmp_path):
-    images = [write_image(tmp_path / f"scan{i}.nii.gz", seed=i) for i in range(6)]
+    images = [write_image(tmp_path / f"scan{i}.nii.gz", seed=i) for i in range(8)]
     out = tmp_path / "out"
-    (tmp_path / "run.yaml").write_text("methods: [{integrated_gradients: {n_steps: 64}}]\n")
+    # enough work that the run is still going when the signal comes (the engine got faster: 64 steps ended first)
+    (tmp_path / "run.yaml").write_text("methods: [{integrated_gradients: {n_steps: 512}}]\n")
     command = [sys.executable, "-m", "esegeta_monai", "-q", "explain", "--bundle", str(tiny), "--out", str(out), "--no-progress",
                "--config", str(tmp_path / "run.yaml"), "--image", *map(str, images)]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -71,6 +72,7 @@ def test_ctrl_c_prints_one_line_and_exits_130(tiny, tmp_path):
     while time.monotonic() < deadline and not (out / "journal.jsonl").exists():
         time.sleep(0.05)
     time.sleep(0.5)
+    assert process.poll() is None, "the run ended before it could be interrupted: give it more work"
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
