@@ -61,20 +61,20 @@ def test_an_empty_target_is_recorded_empty_not_an_all_zero_map(never_class_one, 
 
 
 def test_ctrl_c_prints_one_line_and_exits_130(tiny, tmp_path):
-    images = [write_image(tmp_path / f"scan{i}.nii.gz", seed=i) for i in range(8)]
+    images = [write_image(tmp_path / f"scan{i}.nii.gz", seed=i) for i in range(16)]
     out = tmp_path / "out"
-    # enough work that the run is still going when the signal comes (the engine got faster: 64 steps ended first)
-    (tmp_path / "run.yaml").write_text("methods: [{integrated_gradients: {n_steps: 512}}]\n")
+    # enough images that the run is still going when the signal comes, sent at its first record
+    (tmp_path / "run.yaml").write_text("methods: [{integrated_gradients: {n_steps: 64}}]\n")
     command = [sys.executable, "-m", "esegeta_monai", "-q", "explain", "--bundle", str(tiny), "--out", str(out), "--no-progress",
                "--config", str(tmp_path / "run.yaml"), "--image", *map(str, images)]
     process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (out / "journal.jsonl").exists():
-        time.sleep(0.05)
-    time.sleep(0.5)
+    journal = out / "journal.jsonl"
+    while time.monotonic() < deadline and not (journal.exists() and '"type":"record"' in journal.read_text()):
+        time.sleep(0.02)
     assert process.poll() is None, "the run ended before it could be interrupted: give it more work"
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
+    _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and "interrupted" in stderr and "run the same command again" in stderr
     assert (out / "manifest.json").exists()
