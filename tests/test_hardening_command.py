@@ -67,7 +67,9 @@ def test_ctrl_c_prints_one_line_and_exits_130(tiny, tmp_path):
     (tmp_path / "run.yaml").write_text("methods: [{integrated_gradients: {n_steps: 64}}]\n")
     command = [sys.executable, "-m", "esegeta_monai", "-q", "explain", "--bundle", str(tiny), "--out", str(out), "--no-progress",
                "--config", str(tmp_path / "run.yaml"), "--image", *map(str, images)]
-    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # an earlier test may leave SIGINT ignored in this process, which a child inherits: restore the default
+    process = subprocess.Popen(command, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     journal = out / "journal.jsonl"
     while time.monotonic() < deadline and not (journal.exists() and '"type":"record"' in journal.read_text()):
