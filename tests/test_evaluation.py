@@ -67,14 +67,19 @@ class RegionSum(torch.nn.Module):
         return torch.stack([-inside, inside], 1)
 
 
-def test_deletion_and_insertion_rank_ideal_random_and_inverted_maps():
-    box = (slice(2, 8), slice(3, 9))
-    net = RegionSum(box)
+def _ideal_random_inverted(box):
+    """A seeded 16×16 input and three maps of it: the input inside ``box`` (ideal), noise, and minus the ideal."""
     torch.manual_seed(0)
     x = torch.rand(1, 1, 16, 16) + 0.5
     ideal = torch.zeros_like(x)
     ideal[(slice(None), slice(None), *box)] = x[(slice(None), slice(None), *box)]
-    maps = {"ideal": ideal, "random": torch.rand_like(x), "inverted": -ideal}
+    return x, {"ideal": ideal, "random": torch.rand_like(x), "inverted": -ideal}
+
+
+def test_deletion_and_insertion_rank_ideal_random_and_inverted_maps():
+    box = (slice(2, 8), slice(3, 9))
+    net = RegionSum(box)
+    x, maps = _ideal_random_inverted(box)
     explainer = Explainer(net, "saliency", ClassScore(1))
     curves = {name: deletion_insertion(explainer, x, m, steps=16) for name, m in maps.items()}
     deletion = {name: c["deletion_auc"] for name, c in curves.items()}
@@ -82,7 +87,7 @@ def test_deletion_and_insertion_rank_ideal_random_and_inverted_maps():
     assert deletion["ideal"] < deletion["random"] < deletion["inverted"]
     assert insertion["ideal"] > insertion["random"] > insertion["inverted"]
     assert curves["ideal"]["deletion"][0] == pytest.approx(1.0) and curves["ideal"]["deletion"][-1] == pytest.approx(0.0, abs=1e-6)
-    blurred = deletion_insertion(explainer, x, ideal, steps=4, fill="blur")
+    blurred = deletion_insertion(explainer, x, maps["ideal"], steps=4, fill="blur")
     assert len(blurred["insertion"]) == 5
 
 
@@ -233,11 +238,7 @@ class OffsetLogit(torch.nn.Module):
 def test_deletion_normalises_by_the_filled_image_so_a_negative_target_keeps_its_direction():
     box = (slice(2, 8), slice(3, 9))
     net = OffsetLogit(box, 40.0)
-    torch.manual_seed(0)
-    x = torch.rand(1, 1, 16, 16) + 0.5
-    ideal = torch.zeros_like(x)
-    ideal[(slice(None), slice(None), *box)] = x[(slice(None), slice(None), *box)]
-    maps = {"ideal": ideal, "random": torch.rand_like(x), "inverted": -ideal}
+    x, maps = _ideal_random_inverted(box)
     explainer = Explainer(net, "saliency", ClassScore(1))
     logit = float(net(x)[0, 1].detach())
     assert logit < -2  # the clean target is negative: T / T_clean would flip the curves
