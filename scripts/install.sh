@@ -28,6 +28,13 @@ if [ "${ESEGETA_TORCHRAY:-0}" = "1" ]; then
     "$VENV/bin/python" -m pip install --quiet -e ".[test,torchray]"
     echo "installed: torchray $("$VENV/bin/python" -c 'import torchray; print(torchray.__version__)') (CC BY-NC 4.0, tests only)"
 fi
+# Quantus (LGPL-3.0), a test reference for the evaluation metrics, only where asked (ESEGETA_QUANTUS=1; CI sets it):
+# --no-deps, as it declares the GUI build of opencv; the extra has what it imports
+if [ "${ESEGETA_QUANTUS:-0}" = "1" ]; then
+    "$VENV/bin/python" -m pip install --quiet --no-deps "quantus==0.6.0"
+    "$VENV/bin/python" -m pip install --quiet -e ".[test,quantus]"
+    echo "installed: quantus $("$VENV/bin/python" -c 'import warnings; warnings.simplefilter("ignore"); import quantus; print(quantus.__version__)') (tests only)"
+fi
 "$VENV/bin/esegeta" methods > /dev/null
 echo "installed: $("$VENV/bin/python" -c 'import torch, monai, captum, esegeta_monai; print(f"esegeta_monai {esegeta_monai.__version__}, torch {torch.__version__}, monai {monai.__version__}, captum {captum.__version__}")')"
 

@@ -272,16 +272,17 @@ def test_deletion_flags_an_image_whose_clean_and_filled_targets_are_equal():
         assert np.isnan(curves["deletion_auc"]) and np.isnan(curves["insertion_auc"]) and np.isnan(curves["deletion"]).all()
         assert np.isfinite(curves["deletion_raw"]).all() and curves["clean"] == curves["filled"]
 
-    from esegeta_monai.apps.evaluate import _metric, _ranking, _row
+    from esegeta_monai.apps.evaluate import _ranking, _row
+    from esegeta_monai.evaluation import METRICS, MetricCase, metric_options
 
-    shared: dict = {}
-    value, extra, curve = _metric("deletion", explainer, x, torch.rand_like(x), None, None, 0, 4, "fixed", shared)
-    assert value is None and extra["status"] == "undefined" and "undefined" in extra["error"]
-    assert extra["normalisation"] == "probability" and curve["normalisation"] == "probability"
-    before = shared["curves"]
-    _metric("insertion", explainer, x, torch.rand_like(x), None, None, 0, 4, "fixed", shared)
-    assert shared["curves"] is before  # deletion and insertion share one pair of curves
-    row = _row("a.png", "saliency", "deletion", value, **extra)
+    case = MetricCase(explainer, x, torch.rand_like(x))
+    result = METRICS["deletion"].compute(case, metric_options("deletion", {"steps": 4}))
+    assert result.value is None and result.status == "undefined" and "undefined" in result.error
+    assert result.extra["normalisation"] == "probability" and result.curve["normalisation"] == "probability"
+    (before,) = case.shared.values()
+    METRICS["insertion"].compute(case, metric_options("insertion", {"steps": 4}))
+    assert list(case.shared.values()) == [before]  # deletion and insertion share one pair of curves
+    row = _row("a.png", "saliency", "deletion", result.value, error=result.error, status=result.status, **result.extra)
     assert row["status"] == "undefined" and _ranking([row]) == {}  # flagged, and left out of the ranking
 
 
@@ -301,12 +302,13 @@ def test_normalised_infidelity_is_scale_free_equals_captum_and_is_what_the_ranki
                                   n_perturb_samples=6, max_examples_per_batch=4, normalize=True)
     assert values[0]["infidelity"] == pytest.approx(float(reference[0]), rel=1e-4)
 
-    from esegeta_monai.apps.evaluate import _metric, _ranking, _row
+    from esegeta_monai.apps.evaluate import _ranking, _row
+    from esegeta_monai.evaluation import METRICS, MetricCase, metric_options
 
-    value, extra, _ = _metric("infidelity", explainer, x, attribution, None, 6, 3, 4, "fixed")
+    result = METRICS["infidelity"].compute(MetricCase(explainer, x, attribution, seed=3), metric_options("infidelity", {"n_samples": 6}))
     direct = infidelity(explainer, x, attribution, n_samples=6, seed=3, normalize=True)["infidelity"]
-    assert extra["normalize"] is True and value == pytest.approx(direct, rel=1e-6)
-    assert _ranking([_row("a.png", "saliency", "infidelity", value, **extra)])["infidelity"][0]["normalize"] is True
+    assert result.extra["normalize"] is True and result.value == pytest.approx(direct, rel=1e-6)
+    assert _ranking([_row("a.png", "saliency", "infidelity", result.value, **result.extra)])["infidelity"][0]["normalize"] is True
 
 
 def test_similarities_of_a_batch_are_the_per_image_values():
@@ -330,17 +332,33 @@ def test_similarities_of_a_batch_are_the_per_image_values():
     assert both[1]["spearman_abs"] == pytest.approx(np.mean(both[1]["per_image"]["spearman_abs"]))
 
 
-def test_esegeta_evaluate_lists_metrics_with_direction_cost_and_reference(capsys):
+def test_esegeta_evaluate_lists_metrics_with_family_direction_cost_and_reference(capsys):
     from esegeta_monai.apps.cli import main
-    from esegeta_monai.apps.evaluate import METRIC_INFO, METRICS
+    from esegeta_monai.evaluation import METRICS
 
-    assert set(METRIC_INFO) == set(METRICS)
     with pytest.raises(SystemExit) as exited:
         main(["evaluate", "--list-metrics"])  # no bundle needed
     assert exited.value.code == 0
     lines = capsys.readouterr().out.splitlines()
-    for metric, lower in METRICS.items():
-        line = next(line for line in lines if line.split()[0] == metric)
-        assert line.split()[1] == ("lower" if lower else "higher")
-        cost, reference = METRIC_INFO[metric]
-        assert cost in line and reference in line
+    assert len(lines) == len(METRICS) + 1
+    for metric in METRICS.values():
+        line = next(line for line in lines if line.split()[0] == metric.name)
+        assert line.split()[1:3] == [metric.family, metric.better or "-"]
+        assert metric.cost in line and metric.reference in line
+    with pytest.raises(SystemExit):
+        main(["evaluate", "-v", "--list-metrics"])
+    verbose = capsys.readouterr().out
+    assert all(f"{k}={v!r}" in verbose for m in METRICS.values() for k, v in m.options.items())
+    assert all(m.quantus in verbose for m in METRICS.values())
+
+
+def test_metric_options_are_checked_and_recorded_in_every_row(tmp_path):
+    from esegeta_monai.apps.evaluate import resolve_options
+    from esegeta_monai.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="has no option noise; its options: n_samples=16"):
+        resolve_options(["infidelity"], {"infidelity": {"noise": 0.2}})
+    with pytest.raises(ConfigError, match="unknown or unasked"):
+        resolve_options(["infidelity"], {"deletion": {"steps": 3}})
+    resolved = resolve_options(["infidelity", "deletion", "sensitivity"], {"deletion": {"steps": 3}}, n_samples=5, steps=7)
+    assert resolved["deletion"]["steps"] == 3 and resolved["infidelity"]["n_samples"] == resolved["sensitivity"]["n_samples"] == 5

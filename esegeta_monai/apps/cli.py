@@ -141,8 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--metrics", default="infidelity,sensitivity,deletion,insertion,randomisation", help="comma-separated metrics")
     evaluate.add_argument("--target", help="target spec (default: argmax:1 for segmentation, class:1 for classifiers)")
     evaluate.add_argument("--layer", help="layer for CAM/layer methods")
-    evaluate.add_argument("--samples", type=int, help="perturbation samples (default: 16 for infidelity, 10 for sensitivity)")
-    evaluate.add_argument("--steps", type=int, default=20, help="deletion/insertion steps")
+    evaluate.add_argument("--samples", type=int, help="random draws of every metric that draws (n_samples; defaults per metric: --list-metrics)")
+    evaluate.add_argument("--steps", type=int, help="steps of every curve metric (deletion/insertion default 20)")
+    evaluate.add_argument("--metric-option", action="append", dest="metric_options", default=[], metavar="METRIC.KEY=VALUE",
+                          help="one option of one metric, e.g. infidelity.noise_std=0.2 (repeatable; a YAML value; "
+                               "--list-metrics --verbose lists each metric's options)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--target-region", choices=("fixed", "recomputed"), default="fixed",
                           help="randomisation: the target's region from the trained model's prediction, held for every "
@@ -151,7 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--no-figures", action="store_true", help="tables only")
     evaluate.add_argument("--out", default="esegeta_eval", help="output folder (default esegeta_eval)")
     evaluate.add_argument("--list-metrics", action=_ListMetrics,
-                          help="print each metric's direction (lower/higher is better), cost (forwards per image) and reference, then exit")
+                          help="print each metric's family, direction (lower/higher is better), cost (forwards per image) "
+                               "and reference, then exit (with --verbose first: its options and how it relates to Quantus)")
     evaluate.add_argument("--alpha", type=float, default=0.05, help="several bundles: family-wise error rate after Holm (default 0.05)")
     evaluate.add_argument("--n-boot", type=int, default=10_000, help="several bundles: bootstrap resamples, seeded by --seed (default 10000)")
 
@@ -174,7 +178,7 @@ class _ListMetrics(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from esegeta_monai.apps.evaluate import metric_table
 
-        print(metric_table())
+        print(metric_table(verbose=bool(getattr(namespace, "verbose", False))))
         parser.exit(0)
 
 
@@ -294,10 +298,12 @@ def _evaluate(args) -> int:
     from esegeta_monai.apps.inputs import ImageInput, expand_patterns, split_pairs
 
     tune_allocator()
+    from esegeta_monai.evaluation import METRICS
+
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     if not metrics:
-        raise EsegetaError(f"--metrics {args.metrics!r} names no metric; choose from infidelity, sensitivity, deletion, "
-                           "insertion, localisation, randomisation")
+        raise EsegetaError(f"--metrics {args.metrics!r} names no metric; choose from {', '.join(METRICS)} (--list-metrics)")
+    options = _metric_options(args.metric_options, metrics)
     methods = unique_specs(parse_methods(args.methods, "--methods"), "--methods")
     for spec in methods:
         if args.layer and "layer" in get_method(spec.name).params:
@@ -311,25 +317,41 @@ def _evaluate(args) -> int:
         raise EsegetaError(f"bundle {bundle.root} has no sample input; pass --image FILE (or --image KEY=FILE pairs)")
     window = {"roi_size": args.roi_size} if args.roi_size else {}
     if len(args.bundle) > 1:  # the images of the first bundle's handling, for every bundle
-        return _compare(args, [bundle] + [load_bundle(b) for b in args.bundle[1:]], images, methods, metrics, window)
+        return _compare(args, [bundle] + [load_bundle(b) for b in args.bundle[1:]], images, methods, metrics, window, options)
     result = evaluate(bundle, images, methods, metrics, args.out,
                       target=args.target or default_targets(bundle)[0], labels=args.labels, window=window,
                       n_samples=args.samples, seed=args.seed, steps=args.steps, figures=not args.no_figures,
-                      target_region=args.target_region)
+                      target_region=args.target_region, options=options)
     for metric, order in result["ranking"].items():
         print(f"{metric:13s} " + "  ".join(f"{r['method']} {r['mean']:.4g}" for r in order))
     print(f"tables in {args.out}/evaluation.csv, evaluation.json, ranking.json")
     return _report_rows(result["rows"], "evaluation.csv")
 
 
-def _compare(args, bundles, images, methods, metrics, window) -> int:
+def _metric_options(given: list[str], metrics: list[str]) -> dict:
+    """``--metric-option METRIC.KEY=VALUE`` items as ``{metric: {key: value}}`` (values read as YAML)."""
+    import yaml
+
+    options: dict = {}
+    for item in given:
+        name, _, value = item.partition("=")
+        metric, _, key = name.partition(".")
+        if not (metric and key and _):
+            raise EsegetaError(f"--metric-option {item!r}: write METRIC.KEY=VALUE, e.g. infidelity.noise_std=0.2")
+        if metric not in metrics:
+            raise EsegetaError(f"--metric-option {item!r}: metric {metric!r} is not in --metrics {','.join(metrics)}")
+        options.setdefault(metric, {})[key] = yaml.safe_load(value)
+    return options
+
+
+def _compare(args, bundles, images, methods, metrics, window, options) -> int:
     from esegeta_monai.apps.cohort import default_targets
     from esegeta_monai.apps.compare import compare
 
     targets = [args.target or default_targets(b)[0] for b in bundles]
     result = compare(bundles, images, methods, metrics, args.out, targets, alpha=args.alpha, n_boot=args.n_boot,
                      figures=not args.no_figures, seed=args.seed, labels=args.labels, window=window,
-                     n_samples=args.samples, steps=args.steps, target_region=args.target_region)
+                     n_samples=args.samples, steps=args.steps, target_region=args.target_region, options=options)
     print("\n".join(result["statement"]))
     print(f"tables in {args.out}/comparison.md, comparison.csv, cells.csv, comparison.json; each model's in {args.out}/<model>/")
     return _report_rows([r for e in result["evaluations"].values() for r in e["rows"]], f"{args.out}/<model>/evaluation.csv")

@@ -33,7 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
-from esegeta_monai.apps.evaluate import METRICS, evaluate
+from esegeta_monai.apps.evaluate import evaluate
+from esegeta_monai.evaluation.catalogue import lower_is_better
 from esegeta_monai.errors import ConfigError
 from esegeta_monai.evaluation.statistics import bootstrap_ci, holm, paired_comparison
 from esegeta_monai.jobs.atomic import atomic_path, atomic_write_json, atomic_write_text
@@ -80,7 +81,8 @@ def compare(bundles, images, methods, metrics, out, targets, alpha: float = 0.05
     result["models"] = [{"name": n, "bundle": str(b.root), "target": t} for n, b, t in zip(names, bundles, targets)]
     result["images"] = [str(getattr(i, "image", i)) for i in images]  # a case of several files: its first
     result["settings"].update({"metric_seed": seed, "n_samples": options.get("n_samples"), "steps": options.get("steps"),
-                               "target_region": options.get("target_region", "fixed")})
+                               "target_region": options.get("target_region", "fixed"),
+                               "metric_options": next(iter(evaluations.values()))["options"]})
     _write(out, result)
     if figures:
         _figures(out, result)
@@ -93,7 +95,7 @@ def _values(rows_by_model) -> dict:
     values: dict = {}
     for model, rows in rows_by_model.items():
         for row in rows:
-            if row["metric"] in METRICS:
+            if row["metric"] != "map" and lower_is_better(row["metric"]) is not None:  # descriptive metrics are not compared
                 value = row["value"] if row["status"] == "ok" and row["value"] is not None else math.nan
                 values.setdefault(row["metric"], {}).setdefault(row["method"], {}).setdefault(model, {})[row["image"]] = float(value)
     return values
@@ -129,7 +131,7 @@ def summarise(rows_by_model, alpha: float = 0.05, n_boot: int = 10_000, confiden
                 comparison = paired_comparison([a[i] for i in shared], [b[i] for i in shared], n_boot=n_boot,
                                                confidence=confidence, seed=seed)
                 pairs.append({"metric": metric, "method": method, "models": [first, second],
-                              "lower_is_better": METRICS[metric], **comparison})
+                              "lower_is_better": lower_is_better(metric), **comparison})
     tested = [p for p in pairs if p["p"] is not None]
     for p, adjusted in zip(tested, holm([p["p"] for p in tested]) if tested else []):
         p["p_holm"] = adjusted
@@ -186,7 +188,7 @@ def _markdown(result) -> str:
     lines = ["# Model comparison", "", f"Models: {described}.",
              f"Images ({len(result['images'])}): {', '.join(Path(i).name for i in result['images'])}.", ""]
     for metric in dict.fromkeys(c["metric"] for c in result["cells"]):
-        better = "lower" if METRICS[metric] else "higher"
+        better = "lower" if lower_is_better(metric) else "higher"
         lines += [f"## {metric} ({better} is better)", "",
                   f"Mean [{s['confidence']:.0%} bootstrap CI] (n images) per method and model.", "",
                   "| method | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
@@ -268,7 +270,7 @@ def _figures(out: Path, result) -> None:
         n = sorted({c["n"] for c in result["cells"] if c["metric"] == metric})
         ax.set_xticks(range(len(methods)), methods, fontsize=8)
         ax.set_ylabel(metric)
-        better = "lower" if METRICS[metric] else "higher"
+        better = "lower" if lower_is_better(metric) else "higher"
         ax.set_title(f"{metric} ({better} is better)\nmean with {result['settings']['confidence']:.0%} bootstrap CI; "
                      f"dots: images (n = {', '.join(map(str, n))})", fontsize=8)
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -27,13 +27,15 @@ the output at every step) or ``"recomputed"`` from each model's own
 every row, in ``evaluation.json`` (``target_region``) and in the figures' titles, and each step
 of the curve records the region's size and its Dice overlap with the trained model's region.
 
-Infidelity is reported with Captum's ``normalize=True`` (the map rescaled by its best ``β``),
-as the ranking compares methods whose maps have different scales; each row and ranking entry
-says ``normalize``, and ``evaluation.json`` ``infidelity_normalize``. Deletion and insertion
-rows say their ``normalisation`` (``probability`` or ``score``); an image whose clean and
-filled values are equal has no value there (status ``undefined``, the reason in ``error``).
-:func:`metric_table` (``esegeta evaluate --list-metrics``) lists each metric's direction, cost
-and reference.
+The metrics come from the catalogue (:mod:`esegeta_monai.evaluation.catalogue`; ``esegeta
+evaluate --list-metrics`` prints each with its family, direction, cost and reference). Each has
+options with defaults (``options``: metric → its options; ``n_samples``, ``steps`` and
+``target_region`` set the option of that name of every asked metric that has one) and every
+row records the options that define its number. A metric that needs a ground truth
+(localisation family) takes the ``--label`` of its image; a metric whose value is undefined on
+an image (e.g. deletion where the clean and filled targets are equal) has no value there
+(status ``undefined``, the reason in ``error``). Descriptive metrics (``better`` None) are
+reported and not ranked.
 
 Outputs in ``out``: ``evaluation.csv`` (one row per image, method and metric, with the sample
 count and seed), ``evaluation.json`` (the same plus curves), ``ranking.json`` (per metric, the
@@ -44,8 +46,8 @@ others go on.
 
 Example:
     >>> from esegeta_monai.apps.evaluate import METRICS
-    >>> sorted(METRICS)
-    ['deletion', 'infidelity', 'insertion', 'localisation', 'randomisation', 'sensitivity']
+    >>> {"deletion", "infidelity", "insertion", "localisation", "randomisation", "sensitivity"} <= set(METRICS)
+    True
 """
 
 from __future__ import annotations
@@ -66,67 +68,56 @@ from esegeta_monai.explainer import Explainer
 from esegeta_monai.jobs.atomic import atomic_path, atomic_write_json, atomic_write_text
 from esegeta_monai.jobs.naming import image_stem, unique_names
 from esegeta_monai.jobs.plan import identity_of
-from esegeta_monai.evaluation.faithfulness import deletion_insertion, localisation
-from esegeta_monai.evaluation.randomisation import TARGET_REGIONS, explainer_randomisation
-from esegeta_monai.evaluation.robustness import infidelity, sensitivity
+from esegeta_monai.evaluation import METRICS, MetricCase, metric_options, metric_table
+from esegeta_monai.evaluation.catalogue import lower_is_better
+from esegeta_monai.evaluation.randomisation import TARGET_REGIONS
 from esegeta_monai.maps import error_text
 
-__all__ = ["METRICS", "METRIC_INFO", "evaluate", "metric_table"]
+__all__ = ["METRICS", "evaluate", "metric_table", "resolve_options"]
 
 logger = logging.getLogger(__name__)
 
-#: metric → whether a lower value is better
-METRICS = {"infidelity": True, "sensitivity": True, "deletion": True, "insertion": False, "localisation": False,
-           "randomisation": True}
-
-#: metric → (cost in forwards per image, as a formula of the settings; reference), for ``--list-metrics``
-METRIC_INFO = {
-    "infidelity": ("1 + n_samples target forwards (--samples, default 16); through windows only those a draw touches",
-                   "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations; captum.metrics.infidelity"),
-    "sensitivity": ("n_samples explanations (--samples, default 10), each the method's own forwards and backwards",
-                    "Yeh et al. 2019; captum.metrics.sensitivity_max"),
-    "deletion": ("2·steps target forwards for both curves (--steps, default 20), shared with insertion",
-                 "Petsiuk et al. 2018, RISE (deletion/insertion)"),
-    "insertion": ("shared with deletion (2·steps forwards for both)", "Petsiuk et al. 2018, RISE (deletion/insertion)"),
-    "localisation": ("0: the map against --label", "Arras et al. 2022 (relevance mass); Zhang et al. 2018 (pointing game)"),
-    "randomisation": ("L + 1 explanations, L the parameterised layers (+ 1 prediction for a region target; "
-                      "+ L more with --target-region recomputed)",
-                      "Adebayo et al. 2018, Sanity Checks for Saliency Maps"),
-}
+#: command-line settings that set the option of the same name of every metric that has one
+SHARED_OPTIONS = ("n_samples", "steps", "target_region")
 
 
-def metric_table() -> str:
-    """Each metric with its direction, cost (forwards per image) and reference, one per line.
+def resolve_options(metrics, options: dict | None = None, **shared) -> dict:
+    """Each metric's options: its defaults, then ``shared`` settings (:data:`SHARED_OPTIONS`, None
+    for unset) where it has an option of that name, then ``options[metric]``; unknown metrics
+    or options are refused.
 
     Example:
-        >>> metric_table().splitlines()[1].split()[:2]
-        ['infidelity', 'lower']
+        >>> resolve_options(["deletion", "infidelity"], {"infidelity": {"noise_std": 0.2}}, steps=8)["deletion"]["steps"]
+        8
     """
-    width = max(len(m) for m in METRICS)
-    lines = [f"{'metric'.ljust(width)}  better  cost (forwards per image) | reference"]
-    for metric, lower in METRICS.items():
-        cost, reference = METRIC_INFO.get(metric, ("?", "?"))
-        lines.append(f"{metric.ljust(width)}  {'lower ' if lower else 'higher'}  {cost} | {reference}")
-    return "\n".join(lines)
+    unknown = [m for m in metrics if m not in METRICS]
+    unknown += [m for m in (options or {}) if m not in metrics]
+    if unknown:
+        raise ConfigError(f"unknown or unasked metric(s) {unknown}; choose from {', '.join(METRICS)} (--list-metrics)")
+    resolved = {}
+    for metric in metrics:
+        given = {k: v for k, v in shared.items() if v is not None and k in METRICS[metric].options}
+        resolved[metric] = metric_options(metric, {**given, **(options or {}).get(metric, {})})
+    return resolved
 
 
 def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), window=None, n_samples=None, seed: int = 0,
-             steps: int = 20, figures: bool = True, target_region: str = "fixed") -> dict:
+             steps: int | None = None, figures: bool = True, target_region: str = "fixed", options: dict | None = None) -> dict:
     """Run ``metrics`` for ``methods`` (:class:`~esegeta_monai.apps.config.MethodSpec`) on ``images``
     (paths, or :class:`~esegeta_monai.apps.inputs.ImageInput` cases of several files: a case is
     named, and its rows' ``image`` is, its first image file);
     write the tables and figures to ``out``; return ``{"rows": …, "ranking": …, "curves": …,
-    "target_region": …}`` (``target_region``: of the randomisation metric, ``fixed`` or ``recomputed``)."""
+    "target_region": …, "options": …}`` (``target_region``: of the randomisation metrics, ``fixed`` or
+    ``recomputed``; ``options``: each metric's options as used)."""
     from esegeta_monai.monai.io import check_output_dir, load_for_explanation
-    from esegeta_monai.monai.io.masks import load_mask_like
+    from esegeta_monai.monai.io.masks import load_label_values_like
 
-    unknown = [m for m in metrics if m not in METRICS]
-    if unknown:
-        raise ConfigError(f"unknown metric(s) {unknown}; choose from {', '.join(METRICS)}")
     if target_region not in TARGET_REGIONS:
         raise ConfigError(f"target_region must be one of {', '.join(TARGET_REGIONS)}, got {target_region!r}")
-    if "localisation" in metrics and len(labels) != len(images):
-        raise ConfigError(f"localisation needs one --label per --image ({len(labels)} labels for {len(images)} images)")
+    resolved = resolve_options(metrics, options, n_samples=n_samples, steps=steps, target_region=target_region)
+    needs_label = [m for m in metrics if METRICS[m].needs_label]
+    if needs_label and len(labels) != len(images):
+        raise ConfigError(f"{', '.join(needs_label)} need(s) one --label per --image ({len(labels)} labels for {len(images)} images)")
     out = check_output_dir(out)
     window = bundle.window.updated(**(window or {})).as_dict()
     cases = [i if isinstance(i, ImageInput) else ImageInput(str(i)) for i in images]
@@ -138,74 +129,35 @@ def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), wind
                                     expected_spatial_dims=bundle.spatial_dims, files=case.files)
         x = data[bundle.image_key][None].as_tensor()
         label = None
-        if "localisation" in metrics:  # a label of another grid is refused before any map is computed
+        if needs_label:  # a label of another grid is refused before any map is computed
             try:
-                label = load_mask_like(labels[index], data[bundle.image_key])
+                label = load_label_values_like(labels[index], data[bundle.image_key])
             except TargetError as error:
                 raise TargetError(f"--label {labels[index]} for --image {image}: {error}") from None
         for spec in methods:
             explainer = Explainer(bundle.network, spec.name, target, **window, **spec.options)
-            shared: dict = {}  # results two metrics share (deletion and insertion: one pair of curves)
             try:
                 attribution = explainer(x)
             except Exception as error:  # one failing method never stops the others
                 rows.append(_row(image, spec.label, "map", None, error=error_text(error)))
                 continue
+            case_ = MetricCase(explainer, x, attribution, label, seed)  # its shared dict: results two metrics share
             for metric in metrics:
                 start = time.monotonic()
                 try:
-                    value, extra, curve = _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, target_region,
-                                                  shared)
-                    rows.append(_row(image, spec.label, metric, value, seconds=time.monotonic() - start, **extra))
-                    if curve is not None:
-                        curves.setdefault(metric, {})[f"{names[identity_of(image)]}:{spec.label}"] = curve
+                    result = METRICS[metric].compute(case_, dict(resolved[metric]))
+                    rows.append(_row(image, spec.label, metric, result.value, seconds=time.monotonic() - start,
+                                     error=result.error, status=result.status, **{**resolved[metric], **result.extra}))
+                    if result.curve is not None:
+                        curves.setdefault(metric, {})[f"{names[identity_of(image)]}:{spec.label}"] = result.curve
                 except Exception as error:
                     logger.debug("metric failed", exc_info=True)
                     rows.append(_row(image, spec.label, metric, None, error=error_text(error)))
     ranking = _ranking(rows)
-    _write(out, rows, curves, ranking, target_region)
+    _write(out, rows, curves, ranking, target_region, resolved)
     if figures:
         _figures(out, curves, target_region)
-    return {"rows": rows, "ranking": ranking, "curves": curves, "target_region": target_region}
-
-
-def _metric(metric, explainer, x, attribution, label, n_samples, seed, steps, target_region, shared=None):
-    """``(value, extra columns, curve or None)`` of one metric (``shared``: results of this map's other metrics)."""
-    shared = {} if shared is None else shared
-    if metric == "infidelity":  # normalize: the ranking compares maps of different scales
-        result = infidelity(explainer, x, attribution, n_samples=n_samples or 16, seed=seed, normalize=True)
-        return result.pop("infidelity"), result, None
-    if metric == "sensitivity":
-        result = sensitivity(explainer, x, n_samples=n_samples or 10, seed=seed)
-        return result.pop("sensitivity"), result, None
-    if metric in ("deletion", "insertion"):
-        if "curves" not in shared:
-            shared["curves"] = deletion_insertion(explainer, x, attribution, steps=steps)
-        result = shared["curves"]
-        extra = {"steps": steps, "normalisation": result["normalisation"]}
-        if result["flag"]:  # undefined normalisation: no value, said in the row
-            extra.update(status="undefined", error=result["flag"])
-        curve = {"fractions": result["fractions"], "values": result[metric], "raw": result[f"{metric}_raw"],
-                 "normalisation": result["normalisation"]}
-        return None if result["flag"] else result[f"{metric}_auc"], extra, curve
-    if metric == "localisation":
-        result = localisation(attribution[0], label)
-        return result.pop("ratio"), result, None
-    steps_ = explainer_randomisation(explainer, x, target_region, seed=seed)
-    scores = [{k: v for k, v in s.items() if k != "map"} for s in steps_]
-    extra = {"seed": seed, "layers": len(scores) - 1, "target_region": target_region}
-    if scores[-1]["region_dice"] is not None:  # how far the region moved by the last step (1.0 when fixed)
-        extra["region_dice"] = scores[-1]["region_dice"][0]
-    return scores[-1]["spearman_abs"], extra, {"steps": scores, "slices": [_central_slice(s["map"]) for s in steps_]}
-
-
-def _central_slice(volume: torch.Tensor) -> list:
-    array = np.abs(np.squeeze(volume.detach().cpu().float().numpy()))
-    while array.ndim > 3:  # channels (and batch) summed
-        array = array.sum(0)
-    if array.ndim == 3:
-        array = array[:, :, array.shape[2] // 2]
-    return array.tolist()
+    return {"rows": rows, "ranking": ranking, "curves": curves, "target_region": target_region, "options": resolved}
 
 
 def _row(image, method, metric, value, seconds=0.0, error=None, status=None, **extra) -> dict:
@@ -214,20 +166,23 @@ def _row(image, method, metric, value, seconds=0.0, error=None, status=None, **e
 
 
 #: row settings that define a metric's number, repeated in its ranking entries
-RANKING_SETTINGS = ("normalize", "normalisation")
+RANKING_SETTINGS = ("normalize", "normalisation", "target_region")
 
 
 def _ranking(rows) -> dict:
     """Per metric, the methods from best to worst by their mean value over the images."""
     ranking = {}
-    for metric, lower_is_better in METRICS.items():
+    for metric in METRICS:
+        lower = lower_is_better(metric)
+        if lower is None:  # descriptive: reported, not ranked
+            continue
         values: dict[str, list[float]] = {}
         for row in rows:
             if row["metric"] == metric and row["value"] is not None and np.isfinite(row["value"]):
                 values.setdefault(row["method"], []).append(float(row["value"]))
         if values:
             means = {method: float(np.mean(v)) for method, v in values.items()}
-            ordered = sorted(means, key=means.get, reverse=not lower_is_better)
+            ordered = sorted(means, key=means.get, reverse=not lower)
             ranking[metric] = [{"method": m, "mean": means[m], **_settings(rows, metric, m)} for m in ordered]
     return ranking
 
@@ -243,7 +198,7 @@ def _settings(rows, metric: str, method: str) -> dict:
     return {key: values[0] if len(values) == 1 else values for key, values in found.items() if values}
 
 
-def _write(out: Path, rows, curves, ranking, target_region: str) -> None:
+def _write(out: Path, rows, curves, ranking, target_region: str, options: dict) -> None:
     columns = ["image", "method", "metric", "value", "status", "seconds", "n_samples", "seed", "error"]
     extra = sorted({k for row in rows for k in row} - set(columns))
     table = io.StringIO(newline="")
@@ -252,8 +207,9 @@ def _write(out: Path, rows, curves, ranking, target_region: str) -> None:
     for row in rows:
         writer.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
     atomic_write_text(out / "evaluation.csv", table.getvalue())
-    atomic_write_json(out / "evaluation.json", {"target_region": target_region, "infidelity_normalize": True, "rows": rows,
-                                                "curves": curves})
+    normalize = options.get("infidelity", {}).get("normalize")
+    atomic_write_json(out / "evaluation.json", {"target_region": target_region, "infidelity_normalize": normalize, "options": options,
+                                                "rows": rows, "curves": curves})
     atomic_write_json(out / "ranking.json", ranking)
 
 

@@ -33,6 +33,7 @@ import torch
 
 from esegeta_monai.errors import MethodError
 from esegeta_monai.core.windowed_target import WindowedTarget
+from esegeta_monai.evaluation.catalogue import Metric, MetricResult, register
 
 __all__ = ["deletion_insertion", "localisation", "NORMALISATIONS"]
 
@@ -153,3 +154,48 @@ def localisation(attribution: torch.Tensor, label, dilation: int = 2) -> dict:
     rank_auc = (ranks[inside.ravel()].sum() - n_in * (n_in + 1) / 2) / (n_in * n_out)
     return {"share_inside": share, "label_share": float(inside.mean()), "ratio": share / float(inside.mean()),
             "rank_auc": float(rank_auc), "pointing": bool(inside.ravel()[int(np.argmax(values))])}
+
+
+def _curves_metric(name: str):
+    """Deletion or insertion from the pair of curves both share (computed once per map and settings)."""
+
+    def compute(case, options: dict):
+        key = ("deletion_insertion", tuple(sorted(options.items())))
+        if key not in case.shared:
+            case.shared[key] = deletion_insertion(case.explainer, case.inputs, case.attribution, **options)
+        result = case.shared[key]
+        curve = {"fractions": result["fractions"], "values": result[name], "raw": result[f"{name}_raw"],
+                 "normalisation": result["normalisation"]}
+        extra = {"steps": options["steps"], "normalisation": result["normalisation"], "fill": options["fill"]}
+        if result["flag"]:  # undefined normalisation: no value, said in the row
+            return MetricResult(None, extra, curve, status="undefined", error=result["flag"])
+        return MetricResult(result[f"{name}_auc"], extra, curve)
+
+    return compute
+
+
+_CURVE_OPTIONS = {"steps": 20, "fill": 0.0, "normalisation": "auto", "per_eval": 4}
+register(Metric(
+    "deletion", "faithfulness", "lower", "2·steps target forwards for both curves (default 20 steps), shared with insertion",
+    "Petsiuk et al. 2018, RISE (deletion/insertion); quantus.PixelFlipping", _curves_metric("deletion"), dict(_CURVE_OPTIONS),
+    quantus="PixelFlipping removes voxels one feature at a time and returns the raw curve; ours removes fractions "
+            "(steps), normalises (T − T_fill)/(T_clean − T_fill) and reports the area under it.",
+))
+register(Metric(
+    "insertion", "faithfulness", "higher", "shared with deletion (2·steps forwards for both)",
+    "Petsiuk et al. 2018, RISE (deletion/insertion)", _curves_metric("insertion"), dict(_CURVE_OPTIONS),
+))
+
+
+def _localisation_metric(case, options: dict):
+    result = localisation(case.attribution[0], case.label, **options)
+    return MetricResult(result.pop("ratio"), {**result, **options})
+
+
+register(Metric(
+    "localisation", "localisation", "higher", "0: the map against --label",
+    "Arras et al. 2022 (relevance mass); Zhang et al. 2018 (pointing game); quantus.AttributionLocalisation",
+    _localisation_metric, {"dilation": 2}, needs_label=True,
+    quantus="share of positive attribution inside the dilated label divided by the label's share of the image "
+            "(AttributionLocalisation's weighted ratio, on a dilated label; also rank AUC and pointing in the row).",
+))

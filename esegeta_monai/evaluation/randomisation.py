@@ -51,6 +51,7 @@ import torch
 
 from esegeta_monai.core.window_pass import first_output
 from esegeta_monai.errors import ConfigError, EmptyTargetError
+from esegeta_monai.evaluation.catalogue import Metric, MetricResult, register
 from esegeta_monai.evaluation.similarity import similarities
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,3 +206,32 @@ def _example(explainer: Explainer, inputs: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(inputs[:1])
     roi = [int(roi)] * (inputs.ndim - 2) if isinstance(roi, int) else [int(r) if r and r > 0 else s for r, s in zip(roi, inputs.shape[2:])]
     return torch.zeros((1, inputs.shape[1], *roi), dtype=inputs.dtype, device=inputs.device)
+
+
+def _central_slice(volume: torch.Tensor) -> list:
+    """The absolute map's central slice (channels summed), for the randomisation figure."""
+    array = np.abs(np.squeeze(volume.detach().cpu().float().numpy()))
+    while array.ndim > 3:  # channels (and batch) summed
+        array = array.sum(0)
+    if array.ndim == 3:
+        array = array[:, :, array.shape[2] // 2]
+    return array.tolist()
+
+
+def _randomisation_metric(case, options: dict):
+    steps = explainer_randomisation(case.explainer, case.inputs, options["target_region"], seed=case.seed)
+    scores = [{k: v for k, v in s.items() if k != "map"} for s in steps]
+    extra = {"seed": case.seed, "layers": len(scores) - 1, "target_region": options["target_region"]}
+    if scores[-1]["region_dice"] is not None:  # how far the region moved by the last step (1.0 when fixed)
+        extra["region_dice"] = scores[-1]["region_dice"][0]
+    return MetricResult(scores[-1]["spearman_abs"], extra, {"steps": scores, "slices": [_central_slice(s["map"]) for s in steps]})
+
+
+register(Metric(
+    "randomisation", "randomisation", "lower",
+    "L + 1 explanations, L the parameterised layers (+ 1 prediction for a region target; + L more with target_region recomputed)",
+    "Adebayo et al. 2018, Sanity Checks for Saliency Maps; quantus.MPRT", _randomisation_metric, {"target_region": "fixed"},
+    quantus="Spearman of |maps| after cascading randomisation from the output down; each layer re-initialised by its "
+            "reset_parameters() under seed + step. Quantus's MPRT draws each layer with seed + 1 and walks layers in "
+            "registration order (top-down by default).",
+))

@@ -37,6 +37,7 @@ from captum.metrics._core.sensitivity import default_perturb_func
 
 from esegeta_monai.errors import MethodError
 from esegeta_monai.core.windowed_target import WindowedTarget
+from esegeta_monai.evaluation.catalogue import Metric, MetricResult, register
 
 __all__ = ["infidelity", "sensitivity", "noise_perturbation"]
 
@@ -91,3 +92,33 @@ def sensitivity(explainer, inputs: torch.Tensor, n_samples: int = 10, radius: fl
         value = sensitivity_max(explain, inputs, perturb_func=default_perturb_func, perturb_radius=float(radius),
                                 n_perturb_samples=int(n_samples), max_examples_per_batch=int(per_eval))
     return {"sensitivity": float(value[0]), "n_samples": int(n_samples), "radius": float(radius), "seed": int(seed)}
+
+
+def _infidelity_metric(case, options: dict):
+    result = infidelity(case.explainer, case.inputs, case.attribution, seed=case.seed, **options)
+    return MetricResult(result.pop("infidelity"), result)
+
+
+def _sensitivity_metric(case, options: dict):
+    result = sensitivity(case.explainer, case.inputs, seed=case.seed, **options)
+    return MetricResult(result.pop("sensitivity"), result)
+
+
+register(Metric(
+    "infidelity", "faithfulness", "lower",
+    "1 + n_samples target forwards (default 16); through windows only those a draw touches",
+    "Yeh et al. 2019, On the (In)fidelity and Sensitivity of Explanations; captum.metrics.infidelity; quantus.Infidelity",
+    _infidelity_metric, {"n_samples": 16, "noise_std": 0.1, "normalize": True, "per_eval": 4},
+    quantus="Captum's definition (Gaussian noise I, squared error of Iᵀ·Φ against T(x) − T(x − I)); normalize=True "
+            "rescales the map by its best β (scale-free, for rankings). Quantus's default replaces cumulative 4×4 patches "
+            "by the image minimum and does not rescale.",
+))
+register(Metric(
+    "sensitivity", "robustness", "lower",
+    "n_samples explanations (default 10), each the method's own forwards and backwards",
+    "Yeh et al. 2019; captum.metrics.sensitivity_max; quantus.MaxSensitivity",
+    _sensitivity_metric, {"n_samples": 10, "radius": 0.02, "per_eval": 1},
+    quantus="max over draws of ‖Φ(x+δ) − Φ(x)‖₂ / ‖Φ(x)‖₂ with δ uniform in [−radius, radius] (Captum); Quantus's "
+            "MaxSensitivity has the same ratio of Frobenius norms, with 200 draws of δ uniform in [−0.2, 0.2] "
+            "by default (radius=0.2, n_samples=200 give its setting).",
+))

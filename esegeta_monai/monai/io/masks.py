@@ -32,7 +32,7 @@ from monai.transforms import EnsureChannelFirst, LoadImage, ResampleToMatch
 from esegeta_monai.errors import InputError, TargetError
 from esegeta_monai.monai.io.geometry import nifti_geometry, same_affine
 
-__all__ = ["load_mask_like", "load_labels_like"]
+__all__ = ["load_mask_like", "load_labels_like", "load_label_values_like"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +49,16 @@ def load_mask_like(path: str | Path, reference: MetaTensor) -> np.ndarray:
     if not region.any():
         raise TargetError(f"mask file {path} has no voxel inside the image once resampled to the network's grid")
     return region
+
+
+def load_label_values_like(path: str | Path, reference: MetaTensor) -> np.ndarray:
+    """The label file's own integer values on ``reference``'s grid (nearest neighbour; 0 outside its
+    extent), shape ``reference.shape[1:]`` — a ground truth for localisation metrics, whose label
+    numbers name structures. Refused as :func:`load_mask_like`."""
+    labels = _label_like(path, reference)
+    if not (labels != 0).any():
+        raise TargetError(f"label file {path} has no labelled voxel inside the image once resampled to the network's grid")
+    return np.rint(labels).astype(np.int64)
 
 
 def load_labels_like(path: str | Path, reference: MetaTensor) -> np.ndarray:
