@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from captum.attr import FeatureAblation, Occlusion, ShapleyValueSampling
-from monai.inferers import sliding_window_inference
+
+import window_reference
 
 from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
@@ -21,15 +22,7 @@ WINDOWS = dict(roi_size=ROI, overlap=0.5, mode="gaussian", sw_batch_size=4)
 
 def naive_target(net, target, x):
     """T(x') through MONAI's full sliding_window_inference for every x', mask fixed from x."""
-    with torch.no_grad():
-        weights = target.weights(sliding_window_inference(x, ROI, 4, net, overlap=0.5, mode="gaussian"))
-
-    def forward(batch):
-        with torch.no_grad():
-            y = sliding_window_inference(batch, ROI, 4, net, overlap=0.5, mode="gaussian")
-        return (y * weights.repeat(batch.shape[0] // x.shape[0], *[1] * (weights.ndim - 1))).flatten(1).sum(1)
-
-    return forward
+    return window_reference.naive_target(net, target, x, ROI, overlap=0.5, mode="gaussian", sw_batch_size=4)
 
 
 TARGETS = {"argmax": ArgmaxRegion(1), "mask": MaskRegion(2, box=[(2, 14), (4, 20), (6, 18)])}

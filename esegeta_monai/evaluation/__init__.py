@@ -21,7 +21,9 @@ from esegeta_monai.evaluation.randomisation import cascading_randomisation, para
 from esegeta_monai.evaluation.robustness import infidelity, sensitivity
 from esegeta_monai.evaluation.similarity import similarities
 
-# metric modules added by the catalogue work register here, by import (keep this list sorted)
+# the catalogue's other metric modules register their metrics on import
+from esegeta_monai.evaluation import completeness, complexity, faithfulness_correlation, localisation_metrics  # noqa: F401,E402
+from esegeta_monai.evaluation import mprt, random_logit, region_perturbation, road, stability  # noqa: F401,E402
 
 __all__ = ["METRICS", "Metric", "MetricCase", "MetricResult", "metric_options", "metric_table", "cascading_randomisation",
            "parameterised_layers", "deletion_insertion", "localisation", "infidelity", "sensitivity", "similarities"]

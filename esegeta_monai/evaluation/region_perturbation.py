@@ -1,0 +1,1 @@
+"""Placeholder: filled by the metric-catalogue work (issue 15)."""
