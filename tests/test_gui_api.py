@@ -68,7 +68,7 @@ def gui(tmp_path_factory):
 # ------------------------------------------------------------------------------------ the token
 
 
-@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/static/x"), ("GET", "/static/app.js"), ("GET", "/api/methods"),
+@pytest.mark.parametrize("method,path", [("GET", "/"), ("GET", "/static/x"), ("GET", "/static/app.js"), ("GET", "/api/methods"), ("GET", "/api/metrics"),
                                          ("GET", "/api/bundles"), ("GET", "/api/jobs"), ("POST", "/api/jobs"),
                                          ("DELETE", "/api/jobs/x"), ("POST", "/api/uploads?name=a.nii"),
                                          ("GET", f"/api/file/{SAMPLE_ID}"), ("GET", "/api/nothing")])
@@ -232,6 +232,18 @@ def test_the_registry_is_what_esegeta_methods_json_prints(gui, capsys):
                      "choices": None, "type": "int", "nullable": False}
     kind = next(p for p in next(m for m in served if m["name"] == "smoothgrad")["params"] if p["name"] == "nt_type")
     assert kind["choices"] == ["smoothgrad", "smoothgrad_sq", "vargrad"] and kind["type"] == "str"
+
+
+def test_the_metric_catalogue_is_served_by_family(gui):
+    from esegeta_monai.evaluation import METRICS
+
+    served = gui.client.get("/api/metrics").json()
+    assert {m["name"] for m in served["metrics"]} == set(METRICS)
+    order = [served["families"].index(m["family"]) for m in served["metrics"]]
+    assert order == sorted(order)
+    for metric in served["metrics"]:
+        assert metric == METRICS[metric["name"]].describe() and metric["better"] in ("lower", "higher", None)
+    assert [m["name"] for m in served["metrics"] if m["needs_label"]] == [m for m in METRICS if METRICS[m].needs_label]
 
 
 def test_bundles_are_listed_with_their_metadata(gui):
@@ -454,7 +466,9 @@ def test_cancel_stops_the_job_and_its_processes_and_the_queue_waits(gui, explain
 def test_evaluate_runs_esegeta_evaluate_on_a_job(gui, explained):
     bad = gui.client.post(f"/api/jobs/{explained.id}/evaluate", json={"metrics": ["fidelity"]})
     assert bad.status_code == 400 and "unknown metric 'fidelity'" in bad.json()["error"]
-    assert gui.client.post(f"/api/jobs/{explained.id}/evaluate", json={"metrics": ["localisation"]}).status_code == 400
+    for needs_label in ("localisation", "relevance_rank_accuracy"):
+        refused = gui.client.post(f"/api/jobs/{explained.id}/evaluate", json={"metrics": [needs_label]})
+        assert refused.status_code == 400 and "need(s) a label file per image" in refused.json()["error"]
     response = gui.client.post(f"/api/jobs/{explained.id}/evaluate", json={"metrics": ["deletion"], "steps": 3})
     assert response.status_code == 201
     job_id = response.json()["id"]

@@ -30,6 +30,9 @@ import numpy as np
 import pytest
 from browser_helpers import CHROMIUM_ARGS, WEBGL_ARGS, chromium, sync_playwright
 
+from esegeta_monai.evaluation import METRICS
+from esegeta_monai.evaluation.catalogue import FAMILIES
+
 REPO = Path(__file__).resolve().parents[1]
 VIEWPORT = {"width": 1280, "height": 800}
 JOB_TIMEOUT_MS = 180_000
@@ -213,6 +216,28 @@ def test_gui_end_to_end(server, browser, shots):
     report = page.locator("#report-link").get_attribute("href")
     assert report.endswith("/report/index.html"), report
     assert requested and all(url.startswith(server.base) for url in requested), [u for u in requested if not u.startswith(server.base)]
+
+    # 6 evaluation: the catalogue grouped by family; a localisation metric asks for a label per scan (the sample's
+    # label file guessed); model-free metrics run as an evaluate job and their values come back in the tables
+    page.click("#tab-evaluation")
+
+    expect(page.locator("#metric-list input[type=checkbox]")).to_have_count(len(METRICS))
+    families = page.locator("#metric-list .metric-family .field-label").all_inner_texts()
+    assert families == list(dict.fromkeys(m.family for m in sorted(METRICS.values(), key=lambda m: FAMILIES.index(m.family)))), families
+    for name in ("deletion", "insertion", "infidelity", "sensitivity"):
+        page.uncheck(f"#metric-{name}")
+    for name in ("sparseness", "complexity", "relevance_mass_accuracy"):
+        page.check(f"#metric-{name}")
+    expect(page.locator("#eval-labels select")).to_have_value(re.compile(r"vessel_phantom_0_label\.nii\.gz$"))
+    page.screenshot(path=str(shots / "6_evaluation_form.png"))
+    page.click("#eval-button")
+    results = page.locator("#eval-results")
+    expect(results.locator("table").first).to_be_visible(timeout=JOB_TIMEOUT_MS)
+    for name in ("sparseness", "complexity", "relevance_mass_accuracy"):
+        expect(results).to_contain_text(name)
+    expect(results.locator("td.cell-failed")).to_have_count(0)
+    page.screenshot(path=str(shots / "6_evaluation_tables.png"), full_page=True)
+    assert all(url.startswith(server.base) for url in requested), [u for u in requested if not u.startswith(server.base)]
     assert not errors, errors
     context.close()
 

@@ -73,7 +73,7 @@ from esegeta_monai.evaluation.catalogue import lower_is_better
 from esegeta_monai.evaluation.randomisation import TARGET_REGIONS
 from esegeta_monai.maps import error_text
 
-__all__ = ["METRICS", "evaluate", "metric_table", "resolve_options"]
+__all__ = ["METRICS", "evaluate", "metric_table", "resolve_options", "label_share_tables"]
 
 logger = logging.getLogger(__name__)
 
@@ -211,6 +211,45 @@ def _write(out: Path, rows, curves, ranking, target_region: str, options: dict) 
     atomic_write_json(out / "evaluation.json", {"target_region": target_region, "infidelity_normalize": normalize, "options": options,
                                                 "rows": rows, "curves": curves})
     atomic_write_json(out / "ranking.json", ranking)
+    shares = label_share_tables(rows)
+    if shares is not None:
+        atomic_write_text(out / "label_shares.csv", shares[0])
+        atomic_write_text(out / "label_shares_cohort.csv", shares[1])
+
+
+def label_share_tables(rows) -> tuple[str, str] | None:
+    """The ``label_share`` rows as two CSV tables: per image, method and structure (its share of
+    the positive and of the absolute attribution, its share of the voxels, their ratio); and per
+    method and structure over the cohort (means over the images, with their count). None
+    without such rows.
+
+    Example:
+        >>> rows = [{"image": f"i{k}.nii.gz", "method": "saliency", "metric": "label_share", "status": "ok",
+        ...          "shares": {"0": {"share": 0.2 + k / 10, "abs_share": 0.3, "voxel_share": 0.9, "ratio": 0.3},
+        ...                     "1": {"share": 0.8 - k / 10, "abs_share": 0.7, "voxel_share": 0.1, "ratio": 7.0}}}
+        ...         for k in range(2)]
+        >>> print(label_share_tables(rows)[1].splitlines()[1])
+        saliency,0,2,0.25,0.3,0.9,0.3
+    """
+    found = [r for r in rows if r.get("metric") == "label_share" and r.get("status") == "ok" and r.get("shares")]
+    if not found:
+        return None
+    fields = ("share", "abs_share", "voxel_share", "ratio")
+    per_image = io.StringIO(newline="")
+    writer = csv.writer(per_image, lineterminator="\n")
+    writer.writerow(["image", "method", "label", *fields])
+    cohort: dict[tuple[str, str], list[dict]] = {}
+    for row in found:
+        for label, values in row["shares"].items():
+            writer.writerow([row["image"], row["method"], label, *[values.get(f) for f in fields]])
+            cohort.setdefault((row["method"], label), []).append(values)
+    summary = io.StringIO(newline="")
+    writer = csv.writer(summary, lineterminator="\n")
+    writer.writerow(["method", "label", "images", *[f"mean_{f}" for f in fields]])
+    for (method, label), values in cohort.items():
+        means = [float(np.nanmean([v.get(f, np.nan) for v in values])) for f in fields]
+        writer.writerow([method, label, len(values), *[round(m, 6) for m in means]])
+    return per_image.getvalue(), summary.getvalue()
 
 
 def _save(fig, path: Path) -> None:

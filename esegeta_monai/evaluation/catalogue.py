@@ -84,6 +84,7 @@ class Metric:
         options: the options and their defaults; the user's options must be among them.
         needs_label: whether it needs a ground-truth ``--label``.
         quantus: how the definition relates to Quantus's (empty where Quantus has no counterpart).
+        summary: what it says, in plain words (the GUI's line; defaults to nothing).
     """
 
     name: str
@@ -95,6 +96,12 @@ class Metric:
     options: dict = field(default_factory=dict)
     needs_label: bool = False
     quantus: str = ""
+    summary: str = ""
+
+    def describe(self) -> dict:
+        """Everything but ``compute``, as JSON-ready values (the GUI's ``/api/metrics``)."""
+        return {"name": self.name, "family": self.family, "better": self.better, "cost": self.cost, "reference": self.reference,
+                "options": dict(self.options), "needs_label": self.needs_label, "quantus": self.quantus, "summary": self.summary}
 
 
 #: name → :class:`Metric`, in registration order

@@ -4,6 +4,7 @@
 GET      /api/info                       version, roots, devices, limits, target kinds
 GET      /api/roots                      the readable folders: ``[{"id", "path", "name"}]``
 GET      /api/methods                    the registry with parameter tables (= ``esegeta methods --json``)
+GET      /api/metrics                    the metric catalogue (= ``esegeta evaluate --list-metrics``)
 GET      /api/bundles                    the bundles under the roots, with their metadata
 GET      /api/bundles/{id}               one bundle
 GET      /api/bundles/{id}/layers        its network's layers: ``[{"name", "type", "shape"}]``
@@ -402,6 +403,16 @@ async def create_job(request: Request) -> JSONResponse:
     return JSONResponse({"id": job.id, "status": job.status}, status_code=201)
 
 
+async def metrics(request: Request) -> JSONResponse:
+    """The metric catalogue (``esegeta evaluate --list-metrics``): name, family, direction, cost,
+    reference, options, whether it needs a label, a plain summary."""
+    from esegeta_monai.evaluation import METRICS
+    from esegeta_monai.evaluation.catalogue import FAMILIES
+
+    listed = sorted(METRICS.values(), key=lambda m: FAMILIES.index(m.family))
+    return JSONResponse({"families": list(FAMILIES), "metrics": [m.describe() for m in listed]})
+
+
 async def evaluate_job(request: Request) -> JSONResponse:
     """``esegeta evaluate`` with a job's bundle, images, methods (names: their options are not
     passed) and first target, as a new job of kind ``evaluate``."""
@@ -423,8 +434,9 @@ async def evaluate_job(request: Request) -> JSONResponse:
     if not isinstance(names, list) or not all(isinstance(n, str) and n for n in names):
         raise ConfigError(f"evaluate: methods must be a list of method names, got {names!r}")
     labels = [str(gui.roots.resolve(i, kind="file")) for i in body.get("labels") or []]
-    if "localisation" in metrics and not labels:
-        raise ConfigError("evaluate: localisation needs a label file per image: give \"labels\": [file ids]")
+    needing = [m for m in metrics if METRICS[m].needs_label]
+    if needing and not labels:
+        raise ConfigError(f"evaluate: {', '.join(needing)} need(s) a label file per image: give \"labels\": [file ids]")
     job_id, folder = gui.jobs.reserve()
     arguments = ["evaluate", "--bundle", mapping["bundle"], "--methods", ",".join(names), "--metrics", ",".join(metrics),
                  "--out", str(folder)]
@@ -541,6 +553,7 @@ def routes() -> list[Route]:
         Route("/api/info", info),
         Route("/api/roots", roots),
         Route("/api/methods", methods),
+        Route("/api/metrics", metrics),
         Route("/api/bundles", bundles),
         Route("/api/bundles/{bundle_id:path}/layers", layers),
         Route("/api/bundles/{bundle_id:path}", bundle),

@@ -6,17 +6,12 @@ import { $, chip, fill, formatNumber, formatTime, h, notice } from './dom.js';
 import { isActive, jobKind } from './jobs.js';
 import { emit, on, state } from './state.js';
 
-/** The metrics of `esegeta evaluate`: what each says, whether lower is better, checked first. */
-const METRICS = [
-  { name: 'deletion', lower: true, checked: true, text: 'how fast the prediction falls when the most attributed voxels are removed first' },
-  { name: 'insertion', lower: false, checked: true, text: 'how fast it comes back when they are put back first' },
-  { name: 'infidelity', lower: true, checked: true, text: 'how well the map predicts the effect of small perturbations' },
-  { name: 'sensitivity', lower: true, checked: true, text: 'how much the map changes under small noise' },
-  { name: 'randomisation', lower: true, checked: false, text: 'how much the map changes when the network\'s weights are randomised (slow)' },
-  { name: 'localisation', lower: false, checked: false, text: 'the share of the map inside a label (needs a label file per scan)' },
-];
-const LOWER = Object.fromEntries(METRICS.map((m) => [m.name, m.lower]));
+/** The metrics checked first: cheap, and what a first look needs. */
+const CHECKED = new Set(['deletion', 'insertion', 'infidelity', 'sensitivity']);
+let METRICS = [];  // the catalogue (GET /api/metrics): name, family, better, cost, summary, needs_label
+let BETTER = {};
 let shown = null;  // the evaluate job whose tables are shown
+const needsLabel = () => METRICS.some((m) => m.needs_label && $(`#metric-${m.name}`) && $(`#metric-${m.name}`).checked);
 
 const explainJobs = () => [...state.jobs.values()].filter((j) => jobKind(j) === 'explain' && j.status === 'done');
 const evaluateJobs = () => [...state.jobs.values()].filter((j) => jobKind(j) === 'evaluate')
@@ -59,11 +54,10 @@ async function labelPicker(scanFileId) {
 
 async function renderLabels() {
   const box = $('#eval-labels');
-  const wanted = $('#metric-localisation') && $('#metric-localisation').checked;
-  if (!wanted) { fill(box); return; }
+  if (!needsLabel()) { fill(box); return; }
   const job = await jobDetail($('#eval-job').value);
   const scans = [...new Set((job.records || []).map((r) => r.image_file).filter(Boolean))];
-  fill(box, h('p', { class: 'muted small' }, 'Localisation compares each map with a label of the same scan.'),
+  fill(box, h('p', { class: 'muted small' }, 'Localisation metrics compare each map with a label of the same scan.'),
     await Promise.all(scans.map(labelPicker)));
 }
 
@@ -86,9 +80,9 @@ async function evaluate() {
   const metrics = METRICS.filter((m) => $(`#metric-${m.name}`).checked).map((m) => m.name);
   if (!metrics.length) { notice(message, 'error', 'Choose at least one metric.'); return; }
   const body = { metrics, samples: number('#eval-samples'), steps: number('#eval-steps'), seed: number('#eval-seed') };
-  if (metrics.includes('localisation')) {
+  if (needsLabel()) {
     body.labels = [...document.querySelectorAll('#eval-labels select')].map((s) => s.value);
-    if (!body.labels.length || body.labels.some((l) => !l)) { notice(message, 'error', 'Localisation needs a label file for every scan.'); return; }
+    if (!body.labels.length || body.labels.some((l) => !l)) { notice(message, 'error', 'Localisation metrics need a label file for every scan.'); return; }
   }
   $('#eval-button').disabled = true;
   try {
@@ -110,7 +104,7 @@ function rankingTable(ranking) {
     h('thead', {}, h('tr', {}, h('th', {}, 'Metric'), h('th', {}, 'Better'), h('th', {}, 'Methods, best first (mean over the scans)'))),
     h('tbody', {}, metrics.map((metric) => h('tr', {},
       h('th', { scope: 'row' }, metric),
-      h('td', { class: 'muted' }, LOWER[metric] === false ? 'higher' : 'lower'),
+      h('td', { class: 'muted' }, BETTER[metric] || ''),
       h('td', {}, h('ol', { class: 'ranking' }, ranking[metric].map((entry, i) => h('li', { class: i === 0 ? 'best' : '' },
         h('b', {}, entry.method), ' ', h('span', { class: 'num' }, formatNumber(entry.mean))))))))));
 }
@@ -165,12 +159,27 @@ async function showTables(id) {
       h('figcaption', {}, f.name))))) : null);
 }
 
-function initForm() {
-  fill($('#metric-list'), h('legend', {}, 'Metrics'), METRICS.map((m) => h('label', { class: 'check metric' },
-    h('input', { type: 'checkbox', id: `metric-${m.name}`, checked: m.checked, onchange: m.name === 'localisation' ? renderLabels : null }),
-    h('span', {}, h('b', {}, m.name), ` — ${m.text} (${m.lower ? 'lower' : 'higher'} is better)`))));
+function metricLabel(m) {
+  const better = m.better ? `${m.better} is better` : 'descriptive, not ranked';
+  return h('label', { class: 'check metric', title: `${m.reference}\ncost: ${m.cost}` },
+    h('input', { type: 'checkbox', id: `metric-${m.name}`, checked: CHECKED.has(m.name), onchange: m.needs_label ? renderLabels : null }),
+    h('span', {}, h('b', {}, m.name), ` — ${m.summary || m.reference} (${better}${m.needs_label ? '; needs a label per scan' : ''})`));
+}
+
+async function initForm() {
   $('#eval-button').addEventListener('click', evaluate);
   $('#eval-job').addEventListener('change', renderLabels);
+  try {
+    const catalogue = await getJson('/api/metrics');
+    METRICS = catalogue.metrics;
+    BETTER = Object.fromEntries(METRICS.map((m) => [m.name, m.better]));
+    fill($('#metric-list'), h('legend', {}, 'Metrics'), catalogue.families.map((family) => {
+      const mine = METRICS.filter((m) => m.family === family);
+      return mine.length ? h('div', { class: 'metric-family' }, h('div', { class: 'field-label' }, family), mine.map(metricLabel)) : null;
+    }));
+  } catch (error) {
+    fill($('#metric-list'), h('legend', {}, 'Metrics'), h('p', { class: 'error' }, `cannot list the metrics: ${error.message}`));
+  }
 }
 
 export function initEvaluation() {
