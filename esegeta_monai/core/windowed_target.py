@@ -33,7 +33,7 @@ import torch
 
 from esegeta_monai.errors import MethodError
 
-__all__ = ["WindowedTarget"]
+__all__ = ["WindowedTarget", "SteppedTarget"]
 
 
 class WindowedTarget:
@@ -127,6 +127,58 @@ class WindowedTarget:
                         self.terms[b, self._index[_start(window)]] = term
                 results.extend(terms.tolist())
         return results
+
+
+class SteppedTarget:
+    """``T`` along consecutive images ``x_1, x_2, …`` of image ``image`` of a
+    :class:`WindowedTarget` (each a change of the one before, the first of the clean image): only
+    the windows a step changes are re-run, against the window terms of the previous step (``T``
+    is their sum, so each value is exact) — what cumulative perturbation curves (region
+    perturbation, IROF) need: a step that fills one more region re-runs only the windows it touches.
+
+    Example:
+        >>> import torch
+        >>> from esegeta_monai import Explainer
+        >>> explainer = Explainer(torch.nn.Conv2d(1, 2, 1), "saliency", "class:1", roi_size=(4, 4), overlap=0)
+        >>> x = torch.ones(1, 1, 8, 8)
+        >>> _ = explainer(x)
+        >>> steps = SteppedTarget(WindowedTarget(explainer.last_pass, x))
+        >>> first, second = x.clone(), x.clone()
+        >>> first[..., :4, :4] = 0; second[..., :4, :] = 0  # one window changed, then another
+        >>> before = steps.target.forwards
+        >>> _ = steps(torch.cat([first, second])); steps.target.forwards - before
+        2
+    """
+
+    def __init__(self, target: WindowedTarget, image: int = 0):
+        self.target, self.plan, self.image = target, target.plan, int(image)
+        self.windows = target._windows_of.get(int(image), [])  # (term index, window) pairs reaching the target
+        self.terms, self.padded = target.terms[int(image)].clone(), target.padded[int(image)]
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        jobs, rows, previous = [], [], self.padded
+        for row in range(images.shape[0]):
+            padded = self.plan.pad_input(images[row : row + 1])[0]
+            changed = (padded != previous).any(0)
+            for index, window in self.windows:
+                if bool(changed[window].any()):
+                    jobs.append((self.image, window, padded))
+                    rows.append((row, index))
+            previous = padded
+        terms = iter(self.target._run(jobs))
+        values, pending = [], iter(rows)
+        job = next(pending, None)
+        for row in range(images.shape[0]):
+            while job is not None and job[0] == row:
+                self.terms[job[1]] = next(terms)
+                job = next(pending, None)
+            values.append(float(self.terms.sum()))
+        self.padded = previous
+        return torch.tensor(values, dtype=torch.float64)
+
+    def once(self, image: torch.Tensor) -> float:
+        """``T`` of one image against the clean terms, leaving the steps where they are."""
+        return float(SteppedTarget(self.target, self.image)(image)[0])
 
 
 def _start(window) -> tuple[int, ...]:
