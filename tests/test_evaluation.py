@@ -17,7 +17,7 @@ from captum.metrics._core.sensitivity import default_perturb_func
 
 from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
-from esegeta_monai.evaluation import cascading_randomisation, deletion_insertion, infidelity, localisation, sensitivity
+from esegeta_monai.evaluation import cascading_randomisation, deletion_insertion, infidelity, localisation, metric_options, sensitivity
 from esegeta_monai.evaluation.robustness import noise_perturbation
 from esegeta_monai.methods import Method
 from esegeta_monai.methods.registry import _REGISTRY, register
@@ -362,3 +362,20 @@ def test_metric_options_are_checked_and_recorded_in_every_row(tmp_path):
         resolve_options(["infidelity"], {"deletion": {"steps": 3}})
     resolved = resolve_options(["infidelity", "deletion", "sensitivity"], {"deletion": {"steps": 3}}, n_samples=5, steps=7)
     assert resolved["deletion"]["steps"] == 3 and resolved["infidelity"]["n_samples"] == resolved["sensitivity"]["n_samples"] == 5
+
+
+def test_a_direction_that_flips_with_an_option_is_recorded_and_ranked_that_way():
+    from esegeta_monai.apps.compare import summarise
+    from esegeta_monai.apps.evaluate import _ranking, _row
+    from esegeta_monai.evaluation import METRICS
+    from esegeta_monai.evaluation.catalogue import lower_is_better
+
+    metric = METRICS["region_perturbation"]
+    assert metric.direction(metric_options("region_perturbation")) == "higher"
+    assert metric.direction(metric_options("region_perturbation", {"order": "lerf"})) == "lower"
+    rows = [_row(f"i{k}", method, "region_perturbation", value + k / 10, better="lower", order="lerf")
+            for k in range(6) for method, value in (("a", 0.2), ("b", 0.6))]
+    assert lower_is_better("region_perturbation", rows) is True and lower_is_better("region_perturbation") is False
+    assert [entry["method"] for entry in _ranking(rows)["region_perturbation"]] == ["a", "b"]
+    pair = summarise({"m1": rows, "m2": [{**r, "value": r["value"] + 1} for r in rows]}, n_boot=200)["pairs"][0]
+    assert pair["lower_is_better"] is True and pair["better"] == "m1"

@@ -95,7 +95,7 @@ def _values(rows_by_model) -> dict:
     values: dict = {}
     for model, rows in rows_by_model.items():
         for row in rows:
-            if row["metric"] != "map" and lower_is_better(row["metric"]) is not None:  # descriptive metrics are not compared
+            if row["metric"] != "map" and lower_is_better(row["metric"], rows) is not None:  # descriptive metrics are not compared
                 value = row["value"] if row["status"] == "ok" and row["value"] is not None else math.nan
                 values.setdefault(row["metric"], {}).setdefault(row["method"], {}).setdefault(model, {})[row["image"]] = float(value)
     return values
@@ -114,6 +114,8 @@ def summarise(rows_by_model, alpha: float = 0.05, n_boot: int = 10_000, confiden
     """
     values = _values(rows_by_model)
     models = list(rows_by_model)
+    every_row = [row for rows in rows_by_model.values() for row in rows]
+    lower = {metric: lower_is_better(metric, every_row) for metric in values}
     cells, pairs = [], []
     for metric, by_method in values.items():
         for method, by_model in by_method.items():
@@ -131,7 +133,7 @@ def summarise(rows_by_model, alpha: float = 0.05, n_boot: int = 10_000, confiden
                 comparison = paired_comparison([a[i] for i in shared], [b[i] for i in shared], n_boot=n_boot,
                                                confidence=confidence, seed=seed)
                 pairs.append({"metric": metric, "method": method, "models": [first, second],
-                              "lower_is_better": lower_is_better(metric), **comparison})
+                              "lower_is_better": lower[metric], **comparison})
     tested = [p for p in pairs if p["p"] is not None]
     for p, adjusted in zip(tested, holm([p["p"] for p in tested]) if tested else []):
         p["p_holm"] = adjusted
@@ -182,13 +184,18 @@ def _fmt(value, digits: int = 4) -> str:
     return "—" if value is None or (isinstance(value, float) and not np.isfinite(value)) else f"{value:.{digits}g}"
 
 
+def _lower(result, metric: str) -> bool:
+    """Whether lower is better for ``metric`` in this comparison (as its pairs recorded it)."""
+    return next((p["lower_is_better"] for p in result["pairs"] if p["metric"] == metric), lower_is_better(metric))
+
+
 def _markdown(result) -> str:
     s, models = result["settings"], [m["name"] for m in result["models"]]
     described = ", ".join(f"`{m['name']}` ({m['bundle']}, target `{m['target']}`)" for m in result["models"])
     lines = ["# Model comparison", "", f"Models: {described}.",
              f"Images ({len(result['images'])}): {', '.join(Path(i).name for i in result['images'])}.", ""]
     for metric in dict.fromkeys(c["metric"] for c in result["cells"]):
-        better = "lower" if lower_is_better(metric) else "higher"
+        better = "lower" if _lower(result, metric) else "higher"
         lines += [f"## {metric} ({better} is better)", "",
                   f"Mean [{s['confidence']:.0%} bootstrap CI] (n images) per method and model.", "",
                   "| method | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
@@ -270,7 +277,7 @@ def _figures(out: Path, result) -> None:
         n = sorted({c["n"] for c in result["cells"] if c["metric"] == metric})
         ax.set_xticks(range(len(methods)), methods, fontsize=8)
         ax.set_ylabel(metric)
-        better = "lower" if lower_is_better(metric) else "higher"
+        better = "lower" if _lower(result, metric) else "higher"
         ax.set_title(f"{metric} ({better} is better)\nmean with {result['settings']['confidence']:.0%} bootstrap CI; "
                      f"dots: images (n = {', '.join(map(str, n))})", fontsize=8)
         ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))

@@ -147,7 +147,8 @@ def evaluate(bundle, images, methods, metrics, out, target: str, labels=(), wind
                 try:
                     result = METRICS[metric].compute(case_, dict(resolved[metric]))
                     rows.append(_row(image, spec.label, metric, result.value, seconds=time.monotonic() - start,
-                                     error=result.error, status=result.status, **{**resolved[metric], **result.extra}))
+                                     error=result.error, status=result.status, better=METRICS[metric].direction(resolved[metric]),
+                                     **{**resolved[metric], **result.extra}))
                     if result.curve is not None:
                         curves.setdefault(metric, {})[f"{names[identity_of(image)]}:{spec.label}"] = result.curve
                 except Exception as error:
@@ -173,7 +174,7 @@ def _ranking(rows) -> dict:
     """Per metric, the methods from best to worst by their mean value over the images."""
     ranking = {}
     for metric in METRICS:
-        lower = lower_is_better(metric)
+        lower = lower_is_better(metric, rows)
         if lower is None:  # descriptive: reported, not ranked
             continue
         values: dict[str, list[float]] = {}
@@ -266,7 +267,9 @@ def _figures(out: Path, curves, target_region: str) -> None:
     except ImportError:  # pragma: no cover - matplotlib is a dependency
         logger.warning("matplotlib is not installed: no figures")
         return
-    for key, curve in curves.get("randomisation", {}).items():
+    layered = {(metric, key): curve for metric, by_key in curves.items() for key, curve in by_key.items()
+               if isinstance(curve.get("steps"), list) and curve.get("slices")}  # randomisation: maps per layer
+    for (metric, key), curve in layered.items():
         steps = curve["steps"]
         shown = list(range(0, len(steps), max(1, len(steps) // 7)))[:8]
         fig, axes = plt.subplots(1, len(shown) + 1, figsize=(2.2 * (len(shown) + 1) + 2, 2.6))
@@ -278,10 +281,10 @@ def _figures(out: Path, curves, target_region: str) -> None:
             axes[-1].plot([s[name] for s in steps], label=name)
         axes[-1].set_xlabel("layers randomised (output → input)")
         axes[-1].legend(fontsize=6)
-        fig.suptitle(f"cascading randomisation — {key} — target region {target_region}", fontsize=8)
+        fig.suptitle(f"{metric} — {key} — target region {target_region}", fontsize=8)
         fig.tight_layout()
         image, method = key.rsplit(":", 1)
-        _save(fig, out / f"randomisation_{image}_{method}.png")
+        _save(fig, out / f"{metric}_{image}_{method}.png")
         plt.close(fig)
     if "deletion" in curves or "insertion" in curves:
         fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
@@ -294,3 +297,33 @@ def _figures(out: Path, curves, target_region: str) -> None:
         fig.tight_layout()
         _save(fig, out / "deletion_insertion.png")
         plt.close(fig)
+    _curve_figure(plt, out, {m: c for m, c in curves.items() if m not in ("deletion", "insertion")})
+
+
+#: the x axis of a curve: its key in the curve dict, and the axis label
+CURVE_AXES = (("fractions", "fraction of the image perturbed"), ("percentages", "percent of the voxels removed"),
+              ("steps", "regions perturbed"))
+
+
+def _curve_figure(plt, out: Path, curves: dict) -> None:
+    """``curves.png``: a panel per curve metric (values against their x axis, one line per image and
+    method); layered curves (randomisation) have their own figures."""
+    panels = {}
+    for metric, by_key in curves.items():
+        for key, curve in by_key.items():
+            axis = next(((x, label) for x, label in CURVE_AXES if isinstance(curve.get(x), list)
+                         and len(curve[x]) == len(curve.get("values") or []) and not isinstance(curve[x][0], dict)), None)
+            if axis is not None:
+                panels.setdefault(metric, (axis[1], {}))[1][key] = (curve[axis[0]], curve["values"])
+    if not panels:
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (metric, (label, lines)) in zip(axes[0], panels.items()):
+        for key, (x, y) in lines.items():
+            ax.plot(x, y, label=key)
+        ax.set_title(metric)
+        ax.set_xlabel(label)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    _save(fig, out / "curves.png")
+    plt.close(fig)

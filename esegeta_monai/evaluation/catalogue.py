@@ -85,6 +85,8 @@ class Metric:
         needs_label: whether it needs a ground-truth ``--label``.
         quantus: how the definition relates to Quantus's (empty where Quantus has no counterpart).
         summary: what it says, in plain words (the GUI's line; defaults to nothing).
+        flipped_by: options under which the direction flips, e.g. ``{"order": "lerf"}`` (least
+            relevant first: a faithful map keeps the target *high*).
     """
 
     name: str
@@ -97,11 +99,18 @@ class Metric:
     needs_label: bool = False
     quantus: str = ""
     summary: str = ""
+    flipped_by: dict = field(default_factory=dict)
+
+    def direction(self, options: dict | None = None) -> str | None:
+        """``better`` under ``options`` (flipped where :attr:`flipped_by` says so)."""
+        flipped = any((options or {}).get(key) == value for key, value in self.flipped_by.items())
+        return {"lower": "higher", "higher": "lower"}.get(self.better) if flipped else self.better
 
     def describe(self) -> dict:
         """Everything but ``compute``, as JSON-ready values (the GUI's ``/api/metrics``)."""
         return {"name": self.name, "family": self.family, "better": self.better, "cost": self.cost, "reference": self.reference,
-                "options": dict(self.options), "needs_label": self.needs_label, "quantus": self.quantus, "summary": self.summary}
+                "options": dict(self.options), "needs_label": self.needs_label, "quantus": self.quantus, "summary": self.summary,
+                "flipped_by": dict(self.flipped_by)}
 
 
 #: name → :class:`Metric`, in registration order
@@ -118,9 +127,11 @@ def register(metric: Metric) -> Metric:
     return metric
 
 
-def lower_is_better(name: str) -> bool | None:
-    """True, False, or None for a descriptive metric."""
-    better = METRICS[name].better
+def lower_is_better(name: str, rows=()) -> bool | None:
+    """True, False, or None for a descriptive metric: the ``better`` its ``rows`` record (the
+    direction under the options they ran with), else the catalogue's default."""
+    recorded = [row["better"] for row in rows if row.get("metric") == name and "better" in row]
+    better = recorded[0] if recorded else METRICS[name].better
     return None if better is None else better == "lower"
 
 
