@@ -41,6 +41,9 @@ def test_infidelity_and_sensitivity_equal_captum_on_a_whole_image(classifier2d):
     reference = sensitivity_max(lambda b: Saliency(classifier2d).attribute(b, target=1, abs=False), x,
                                 perturb_func=default_perturb_func, perturb_radius=0.05, n_perturb_samples=5, max_examples_per_batch=1)
     assert ours["sensitivity"] == pytest.approx(float(reference[0]), rel=1e-5)
+    for per_eval in (2, 5):  # explanations batched: the same draws, the same value (it was √per_eval too large)
+        batched = sensitivity(explainer, x, n_samples=5, radius=0.05, seed=4, per_eval=per_eval)
+        assert batched["sensitivity"] == pytest.approx(ours["sensitivity"], rel=1e-5)
 
 
 def test_infidelity_through_windows_re_runs_only_touched_windows(unet3d, volume):

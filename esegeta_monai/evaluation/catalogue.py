@@ -155,7 +155,7 @@ def metric_table(verbose: bool = False) -> str:
     Example:
         >>> from esegeta_monai.evaluation import metric_table
         >>> metric_table().splitlines()[1].split()[:3]
-        ['infidelity', 'faithfulness', 'lower']
+        ['deletion', 'faithfulness', 'lower']
     """
     width = max(len(m) for m in METRICS)
     lines = [f"{'metric'.ljust(width)}  {'family'.ljust(13)}  better  cost (forwards per image) | reference"]

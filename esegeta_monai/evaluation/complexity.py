@@ -117,6 +117,7 @@ register(Metric(
     quantus="the same Gini index of |Φ| (its defaults abs=True; its normalise_by_max does not change a Gini index); "
             "Quantus adds 1e-7 to every normalised value, which scales the index by Σa/(Σa + n·1e-7), and flattens "
             "the channels of a multi-channel map where we sum them per voxel first.",
+    summary='how concentrated the map is (Gini index)',
 ))
 register(Metric(
     "complexity", "complexity", "lower", "0: the map alone",
@@ -125,4 +126,5 @@ register(Metric(
     quantus="the same entropy of |Φ|/Σ|Φ| (its defaults abs=True; normalise_by_max cancels in the ratio); Quantus "
             "takes log(p + 1e-12) where we sum over p > 0 (its value is ours − m·1e-12 to first order, m voxels with "
             "p > 0), and flattens the channels of a multi-channel map where we sum them per voxel first.",
+    summary='how spread out the map is (entropy)',
 ))

@@ -180,10 +180,12 @@ register(Metric(
     "Petsiuk et al. 2018, RISE (deletion/insertion); quantus.PixelFlipping", _curves_metric("deletion"), dict(_CURVE_OPTIONS),
     quantus="PixelFlipping removes voxels one feature at a time and returns the raw curve; ours removes fractions "
             "(steps), normalises (T − T_fill)/(T_clean − T_fill) and reports the area under it.",
+    summary='how fast the prediction falls when the most attributed voxels are removed first',
 ))
 register(Metric(
     "insertion", "faithfulness", "higher", "shared with deletion (2·steps forwards for both)",
     "Petsiuk et al. 2018, RISE (deletion/insertion)", _curves_metric("insertion"), dict(_CURVE_OPTIONS),
+    summary='how fast it comes back when they are put back first',
 ))
 
 
@@ -198,4 +200,5 @@ register(Metric(
     _localisation_metric, {"dilation": 2}, needs_label=True,
     quantus="share of positive attribution inside the dilated label divided by the label's share of the image "
             "(AttributionLocalisation's weighted ratio, on a dilated label; also rank AUC and pointing in the row).",
+    summary="the share of the map inside a label, over the label's share of the image",
 ))

@@ -216,9 +216,18 @@ def _metric(function):
     return compute
 
 
+#: what each says, in plain words (the GUI's line)
+SUMMARIES = {
+    "relevance_rank_accuracy": "the share of the map's top voxels (as many as the label has) inside the label",
+    "relevance_mass_accuracy": "the share of the map's positive mass inside the label",
+    "top_k_intersection": "the share of the map's k top voxels inside the label",
+    "label_share": 'which labelled structures the map falls on: a share per label (a table, not ranked)',
+}
+
+
 def _register(name, better, reference, options, quantus):
     register(Metric(name, "localisation", better, "0: the map against --label", reference, _metric(globals()[name]),
-                    options, needs_label=True, quantus=quantus))
+                    options, needs_label=True, quantus=quantus, summary=SUMMARIES[name]))
 
 
 _register("relevance_rank_accuracy", "higher",

@@ -201,6 +201,7 @@ register(Metric(
             "randomised models. Quantus draws fresh noise per model from numpy's global state, compares against the given "
             "a_batch, walks layers bottom-up by default with every layer under seed + 1, and defaults to 50 samples; ours "
             "uses the same draws for every model, the smoothed original, top-down with layer i under seed + i.",
+    summary='the randomisation test with each map averaged over noisy copies (slow)',
 ))
 register(Metric(
     "efficient_mprt", "randomisation", "higher",
@@ -210,4 +211,5 @@ register(Metric(
             "histogram in 100 bins (abs=False, normalise=False, skip_layers=True); equal given the same randomised model; "
             "entropy_ratio H(random)/H(original) in the row. Its fully randomised model draws every layer under seed + 1; "
             "ours layer i under seed + i (the last step of our randomisation test).",
+    summary='how much more disordered the map gets on a fully randomised network',
 ))

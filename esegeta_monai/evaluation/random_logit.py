@@ -128,4 +128,5 @@ register(Metric(
             "and similarity). Quantus's SSIM is of the flattened maps (1D windows, signed, normalised by max), its draw "
             "np.random.seed(seed); ours is SSIM on the image grid (2D/3D) of the absolute maps scaled to [0, 1], the draw "
             "from default_rng(seed), and for a segmentation target only classes with a region on the image are drawn.",
+    summary='how alike the maps of the target class and of another class are',
 ))

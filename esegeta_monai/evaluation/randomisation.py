@@ -234,4 +234,5 @@ register(Metric(
     quantus="Spearman of |maps| after cascading randomisation from the output down; each layer re-initialised by its "
             "reset_parameters() under seed + step. Quantus's MPRT draws each layer with seed + 1 and walks layers in "
             "registration order (top-down by default).",
+    summary="how much the map changes when the network's weights are randomised, layer after layer (slow)",
 ))

@@ -85,7 +85,9 @@ def sensitivity(explainer, inputs: torch.Tensor, n_samples: int = 10, radius: fl
     _check_one_image(inputs, "sensitivity")
 
     def explain(perturbed) -> torch.Tensor:
-        return explainer(perturbed[0] if isinstance(perturbed, tuple) else perturbed)  # Captum passes a tuple
+        # Captum passes a tuple and expects one back: a bare tensor would be iterated over its batch rows, and
+        # with per_eval > 1 each draw's difference broadcast into per_eval copies (the value √per_eval too large)
+        return (explainer(perturbed[0] if isinstance(perturbed, tuple) else perturbed),)
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -112,6 +114,7 @@ register(Metric(
     quantus="Captum's definition (Gaussian noise I, squared error of Iᵀ·Φ against T(x) − T(x − I)); normalize=True "
             "rescales the map by its best β (scale-free, for rankings). Quantus's default replaces cumulative 4×4 patches "
             "by the image minimum and does not rescale.",
+    summary="how well the map predicts the target's change under small random noise",
 ))
 register(Metric(
     "sensitivity", "robustness", "lower",
@@ -121,4 +124,5 @@ register(Metric(
     quantus="max over draws of ‖Φ(x+δ) − Φ(x)‖₂ / ‖Φ(x)‖₂ with δ uniform in [−radius, radius] (Captum); Quantus's "
             "MaxSensitivity has the same ratio of Frobenius norms, with 200 draws of δ uniform in [−0.2, 0.2] "
             "by default (radius=0.2, n_samples=200 give its setting).",
+    summary='the largest change of the map under small noise (max over draws)',
 ))
