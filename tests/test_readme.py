@@ -21,6 +21,23 @@ def test_method_table_lists_exactly_the_registered_methods():
     assert sorted(names) == available_methods()
 
 
+def test_metric_table_lists_exactly_the_catalogue_with_its_directions():
+    from esegeta_monai.evaluation import METRICS
+
+    text = README.read_text()
+    table = text.split("| metric | what it measures |", 1)[1].split("\n\n", 1)[0]
+    cell = r"((?:[^|\\]|\\.)+)"  # a cell, escaped pipes (\\|) inside
+    rows = re.findall(rf"^\| ((?:`[a-z_]+`(?:, )?)+) \|{cell}\|{cell}\|", table, flags=re.M)
+    rows = [(names, better) for names, _, better in rows]
+    listed = {name: better for names, better in rows for name in re.findall(r"`([a-z_]+)`", names)}
+    assert sorted(listed) == sorted(METRICS)
+    for name, better in listed.items():
+        expected = METRICS[name].better or "descriptive"
+        assert expected in better, (name, better)
+    assert f"The catalogue: {len(METRICS)} metrics" in text
+    assert (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text().count("`quantus.") >= 17
+
+
 @pytest.mark.parametrize("index", [0, 1, 2])
 def test_python_examples_run(index, tmp_path, monkeypatch):
     monkeypatch.chdir(README.parent)

@@ -3,22 +3,13 @@ and figures.
 
 For each image or case of several files (``--image KEY=FILE`` pairs, as ``esegeta explain``
 takes them; loaded through the bundle's preprocessing) and method, the map of the target is
-computed once, exactly through the bundle's windows; then each asked metric:
-
-==============  ===========================================================  ==============
-metric          value reported                                               better
-==============  ===========================================================  ==============
-infidelity      Captum's infidelity, ``normalize=True`` (scale-free;          lower
-                ``n_samples`` noise draws, ``seed``)
-sensitivity     Captum's sensitivity_max (``n_samples`` draws, ``seed``)      lower
-deletion        AUC of the deletion curve, (T − T_fill) / (T_clean − T_fill)  lower
-                (T a classifier's probability, else the target's score)
-insertion       AUC of the insertion curve, normalised the same way          higher
-localisation    share of positive attribution inside the dilated label /     higher
-                the label's share (needs ``--label``); also rank AUC
-randomisation   rank correlation of |maps| after cascading randomisation of  lower
-                every layer (its curve is in the JSON and the figure)
-==============  ===========================================================  ==============
+computed once, exactly through the bundle's windows; then each asked metric of the catalogue
+(:mod:`esegeta_monai.evaluation.catalogue`, ``docs/metrics.md``): faithfulness (deletion,
+insertion, infidelity, region perturbation, IROF, faithfulness correlation, ROAD), robustness
+(sensitivity, average sensitivity, relative input/output stability), localisation against a
+``--label`` (localisation, relevance rank/mass accuracy, top-k intersection, per-label share),
+complexity (sparseness, complexity), randomisation (cascading, smooth and efficient MPRT, random
+logit) and axioms (completeness).
 
 Randomisation explains each randomised model with the target's region (``argmax:``, ``otsu:``)
 ``target_region="fixed"`` from the trained model's prediction (default: the same function of
@@ -37,12 +28,15 @@ an image (e.g. deletion where the clean and filled targets are equal) has no val
 (status ``undefined``, the reason in ``error``). Descriptive metrics (``better`` None) are
 reported and not ranked.
 
-Outputs in ``out``: ``evaluation.csv`` (one row per image, method and metric, with the sample
-count and seed), ``evaluation.json`` (the same plus curves), ``ranking.json`` (per metric, the
-methods from best to worst by their mean over images) and, with matplotlib, figures
-(``randomisation_<image>_<method>.png``: the map at each step and the similarity curves, as the
-paper's Figure 9; ``deletion_insertion.png``). A failing method or metric is recorded and the
-others go on.
+Outputs in ``out``: ``evaluation.csv`` (one row per image, method and metric, with its options,
+sample count, seed and direction ``better``), ``evaluation.json`` (the same plus curves and each
+metric's ``options``), ``ranking.json`` (per ranked metric, the methods from best to worst by
+their mean over images), ``label_shares.csv`` and ``label_shares_cohort.csv`` (with
+``label_share``: per image, method and structure; per method and structure over the images)
+and, with matplotlib, figures (``randomisation_<image>_<method>.png`` and
+``smooth_mprt_<image>_<method>.png``: the map at each step and the similarity curves, as the
+paper's Figure 9; ``deletion_insertion.png``; ``curves.png``: the other curve metrics). A failing
+method or metric is recorded and the others go on.
 
 Example:
     >>> from esegeta_monai.apps.evaluate import METRICS
@@ -301,7 +295,7 @@ def _figures(out: Path, curves, target_region: str) -> None:
 
 
 #: the x axis of a curve: its key in the curve dict, and the axis label
-CURVE_AXES = (("fractions", "fraction of the image perturbed"), ("percentages", "percent of the voxels removed"),
+CURVE_AXES = (("fractions", "fraction removed (of the voxels or regions)"), ("percentages", "percent of the voxels removed"),
               ("steps", "regions perturbed"))
 
 
