@@ -121,6 +121,7 @@ def add_evaluation(out: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
     (out / "ranking.json").write_text(json.dumps({
-        "deletion": [{"method": "saliency", "mean": 0.123456}, {"method": "input_x_gradient", "mean": 0.25}],
+        "deletion": [{"method": "saliency", "mean": 0.123456, "better": "lower"},
+                     {"method": "input_x_gradient", "mean": 0.25, "better": "lower"}],
         "infidelity": [{"method": "input_x_gradient", "mean": 3.5}]}))
     figure_png(out / "deletion_insertion.png", hue=40, size=(300, 120))

@@ -295,7 +295,7 @@ def test_evaluation_appears_only_when_present(folder):
     section = next(n for n in index.find_all("section") if n.attrs.get("id") == "evaluation")
     rankings = {t.find("caption").text(): [tr.find_all("td")[1].text() for tr in t.find("tbody").find_all("tr")]
                 for t in section.find_all("table", "ranking-table")}
-    assert rankings == {"deletion": ["saliency", "input_x_gradient"], "infidelity": ["input_x_gradient"]}
+    assert rankings == {"deletion (lower is better)": ["saliency", "input_x_gradient"], "infidelity": ["input_x_gradient"]}
     table = section.find("table", "evaluation-table")
     metrics = [th.text() for th in table.find("thead").find_all("th")[2:]]
     assert metrics == ["deletion", "infidelity"]

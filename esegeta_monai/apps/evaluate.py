@@ -161,7 +161,7 @@ def _row(image, method, metric, value, seconds=0.0, error=None, status=None, **e
 
 
 #: row settings that define a metric's number, repeated in its ranking entries
-RANKING_SETTINGS = ("normalize", "normalisation", "target_region")
+RANKING_SETTINGS = ("better", "normalize", "normalisation", "target_region")
 
 
 def _ranking(rows) -> dict:

@@ -61,7 +61,7 @@ INDEX_ERROR_CHARS = 300
 #: the width (CSS pixels) of a thumbnail in the index
 THUMBNAIL_WIDTH = 200
 #: the journal the Ignite handler writes in a bundle's output folder
-EVALUATION_FILES = ("evaluation.csv", "evaluation.json", "ranking.json")
+EVALUATION_FILES = ("evaluation.csv", "evaluation.json", "ranking.json", "label_shares.csv", "label_shares_cohort.csv")
 
 
 # -- what the pages show --------------------------------------------------------------------

@@ -104,7 +104,7 @@ function rankingTable(ranking) {
     h('thead', {}, h('tr', {}, h('th', {}, 'Metric'), h('th', {}, 'Better'), h('th', {}, 'Methods, best first (mean over the scans)'))),
     h('tbody', {}, metrics.map((metric) => h('tr', {},
       h('th', { scope: 'row' }, metric),
-      h('td', { class: 'muted' }, BETTER[metric] || ''),
+      h('td', { class: 'muted' }, (ranking[metric][0] || {}).better || BETTER[metric] || ''),
       h('td', {}, h('ol', { class: 'ranking' }, ranking[metric].map((entry, i) => h('li', { class: i === 0 ? 'best' : '' },
         h('b', {}, entry.method), ' ', h('span', { class: 'num' }, formatNumber(entry.mean))))))))));
 }
