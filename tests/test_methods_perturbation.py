@@ -9,6 +9,7 @@ import torch
 from captum.attr import FeatureAblation, Occlusion, ShapleyValueSampling
 
 import window_reference
+from toy_models import WeightedSum
 
 from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
@@ -68,22 +69,10 @@ def test_feature_ablation_through_windows_equals_the_naive_computation(unet3d, v
     torch.testing.assert_close(ours, reference, rtol=0, atol=1e-5 * float(naive(x).abs().max()))
 
 
-class Linear2d(torch.nn.Module):
-    """A classifier whose logit 1 is Σ w ⊙ x (known contributions w ⊙ (x − 0))."""
-
-    def __init__(self, weight):
-        super().__init__()
-        self.weight = torch.nn.Parameter(weight)
-
-    def forward(self, x):
-        score = (x * self.weight).flatten(1).sum(1)
-        return torch.stack([-score, score], 1)
-
-
 def test_linear_model_contributions_are_recovered():
     torch.manual_seed(0)
     weight = torch.randn(1, 1, 8, 8)
-    net, x = Linear2d(weight), torch.rand(2, 1, 8, 8)
+    net, x = WeightedSum(weight), torch.rand(2, 1, 8, 8)
     mask = grid_features((8, 8), (2, 4))
     truth = x * weight  # per-voxel contribution against a zero fill
     per_feature = torch.zeros_like(truth)

@@ -10,6 +10,7 @@ import torch
 
 import window_reference
 from quantus_helpers import require_quantus
+from toy_models import WeightedSum
 
 from esegeta_monai import Explainer
 from esegeta_monai.core.targets import ArgmaxRegion
@@ -20,25 +21,13 @@ from esegeta_monai.evaluation.regions import patch_regions, region_sums, supervo
 WINDOWS = dict(roi_size=(16, 16, 16), overlap=0.5, mode="gaussian", sw_batch_size=4)
 
 
-class BoxSum(torch.nn.Module):
-    """A classifier whose logit 1 is the image summed in a box (logit 0 its negative)."""
-
-    def __init__(self, weight):
-        super().__init__()
-        self.weight = torch.nn.Parameter(weight)
-
-    def forward(self, x):
-        score = (x * self.weight).flatten(1).sum(1)
-        return torch.stack([-score, score], 1)
-
-
 def _box_case():
     torch.manual_seed(0)
     weight = torch.zeros(1, 1, 16, 16)
     weight[..., 4:12, 8:16] = 0.05  # small enough that the class probability is not saturated
     x = torch.rand(1, 1, 16, 16) + 0.5
     maps = {"ideal": weight * x, "random": torch.rand(1, 1, 16, 16), "inverted": -weight * x}
-    return BoxSum(weight), weight, x, maps
+    return WeightedSum(weight), weight, x, maps
 
 
 def _bright_box_case():
@@ -49,7 +38,7 @@ def _bright_box_case():
     x = 0.1 + 0.9 * box + 0.05 * torch.rand(1, 1, 16, 16)
     weight = 0.02 * box
     maps = {"ideal": weight * x, "random": torch.rand(1, 1, 16, 16), "inverted": -weight * x}
-    return BoxSum(weight), weight, x, maps
+    return WeightedSum(weight), weight, x, maps
 
 
 def _cumulative(x, base, labels, sequence):
@@ -233,7 +222,7 @@ def test_region_metrics_compute_on_an_evaluate_case_and_flag_a_constant_target()
     result = METRICS["irof"].compute(case, metric_options("irof", {"n_segments": 8}))
     assert result.value > 0 and result.extra["n_segments"] == 8 and result.curve["values"][0] == 1.0
     # a network that ignores the image: T_0 = T_fill, the normalisation is undefined
-    constant = Explainer(BoxSum(torch.zeros(1, 1, 16, 16)), "saliency", "class:1")
+    constant = Explainer(WeightedSum(torch.zeros(1, 1, 16, 16)), "saliency", "class:1")
     case = MetricCase(constant, x, maps["ideal"], seed=0)
     for name, options in (("region_perturbation", {"steps": 16, "patch_size": 4}),
                           ("irof", {"n_segments": 8, "normalisation": "score"})):

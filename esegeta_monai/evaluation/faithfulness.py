@@ -178,13 +178,17 @@ _CURVE_OPTIONS = {"steps": 20, "fill": 0.0, "normalisation": "auto", "per_eval":
 register(Metric(
     "deletion", "faithfulness", "lower", "2·steps target forwards for both curves (default 20 steps), shared with insertion",
     "Petsiuk et al. 2018, RISE (deletion/insertion); quantus.PixelFlipping", _curves_metric("deletion"), dict(_CURVE_OPTIONS),
-    quantus="PixelFlipping removes voxels one feature at a time and returns the raw curve; ours removes fractions "
-            "(steps), normalises (T − T_fill)/(T_clean − T_fill) and reports the area under it.",
+    quantus="our raw curve equals PixelFlipping's with features_in_step = N/steps, its perturb_baseline = our fill (its "
+            "'black' is the image minimum) and softmax=True for a classifier (normalisation probability), bar the clean "
+            "point; our value is the area under the normalised curve (T − T_fill)/(T_clean − T_fill) on [0, 1], its "
+            "optional AUC the raw curve with unit spacing.",
     summary='how fast the prediction falls when the most attributed voxels are removed first',
 ))
 register(Metric(
     "insertion", "faithfulness", "higher", "shared with deletion (2·steps forwards for both)",
     "Petsiuk et al. 2018, RISE (deletion/insertion)", _curves_metric("insertion"), dict(_CURVE_OPTIONS),
+    quantus="Quantus has no insertion; PixelFlipping run from the filled image with a perturb_func that puts the clean "
+            "voxels back gives our raw curve (tested).",
     summary='how fast it comes back when they are put back first',
 ))
 
@@ -198,7 +202,8 @@ register(Metric(
     "localisation", "localisation", "higher", "0: the map against --label",
     "Arras et al. 2022 (relevance mass); Zhang et al. 2018 (pointing game); quantus.AttributionLocalisation",
     _localisation_metric, {"dilation": 2}, needs_label=True,
-    quantus="share of positive attribution inside the dilated label divided by the label's share of the image "
-            "(AttributionLocalisation's weighted ratio, on a dilated label; also rank AUC and pointing in the row).",
+    quantus="share_inside equals AttributionLocalisation(positive_attributions=True, abs=False, normalise=False) "
+            "(dilation 0); our value divides it by the label's share (Kohlbrenner et al. 2020), where Quantus's "
+            "weighted=True multiplies by a size taken from the batch axis; pointing equals PointingGame bar ties at the maximum.",
     summary="the share of the map inside a label, over the label's share of the image",
 ))
