@@ -9,7 +9,8 @@ import logging
 import pytest
 import torch
 from captum.attr import KernelShap, Lime
-from test_methods_perturbation import WINDOWS, Linear2d, naive_target
+from test_methods_perturbation import WINDOWS, naive_target
+from toy_models import WeightedSum
 
 from esegeta_monai import Explainer
 from esegeta_monai.errors import MethodError
@@ -42,7 +43,7 @@ class Product2d(torch.nn.Module):
 def test_a_linear_target_is_recovered_exactly_with_a_perfect_surrogate(method):
     torch.manual_seed(0)
     weight, x = torch.randn(1, 1, 8, 8), torch.rand(2, 1, 8, 8)
-    explainer = Explainer(Linear2d(weight), method, ClassScore(1), features=FEATURES, fill=0.0, n_samples=30)
+    explainer = Explainer(WeightedSum(weight), method, ClassScore(1), features=FEATURES, fill=0.0, n_samples=30)
     truth = per_feature(x * weight, FEATURES)  # the Shapley values of a linear game against a zero fill
     torch.testing.assert_close(explainer(x), truth, rtol=0, atol=1e-5 * float(truth.abs().max()))
     report = explainer.method.last_report
