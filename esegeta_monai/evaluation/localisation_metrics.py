@@ -221,7 +221,7 @@ SUMMARIES = {
     "relevance_rank_accuracy": "the share of the map's top voxels (as many as the label has) inside the label",
     "relevance_mass_accuracy": "the share of the map's positive mass inside the label",
     "top_k_intersection": "the share of the map's k top voxels inside the label",
-    "label_share": "which labelled structures the map falls on: a share per label, in a table per scan and for all",,
+    "label_share": "which labelled structures the map falls on: a share per label, in a table per scan and for all",
 }
 
 
