@@ -61,8 +61,11 @@ Cost on 2 cores (one torch thread): a full run prints its estimate first (:func:
 the shipped trainings' measured times (``docs/training_metrics.json``: 5.6, 10.7 and 12.6 min), 45 s per
 model and image for the metrics (docs/paper_study.md's run: 9.0 min for 3 models × 4 images; an upper
 bound, the 96 × 96 × 64 phantoms cost about half the sample) and 4.1 min per model and seed for the
-randomisation (:data:`RANDOMISATION_SECONDS_PER_MODEL`). For 3 seeds and 12 images: training 58 min
-(29 with ``--jobs 2``), metrics 81 min, randomisation 37 min — about 3 h, one overnight run.
+randomisation (:data:`RANDOMISATION_SECONDS_PER_MODEL`). For 3 seeds and 12 images: training 58 min,
+metrics 81 min, randomisation 37 min — about 3 h, one overnight run. ``--jobs 2`` would halve the
+training in theory (what the estimate assumes), but measured on the 2-core machine two trainings at
+once took 24.5 min each against 12.6 min alone: they do not run independently there, so count the
+training at 58 min either way.
 
 Writes ``docs/paper_study.md``, ``docs/paper_study.json`` (every number) and
 ``docs/figures/paper_study_randomisation*.png``.
@@ -1062,7 +1065,8 @@ def main(argv=None) -> int:
                     help="training seeds per model (default 3): 0 is the shipped bundle, k >= 1 a copy trained under CACHE/models (needs --cache)")
     ap.add_argument("--randomisation-seeds", type=int,
                     help="how many of the training seeds (0, 1, ...) get the cascading randomisation (default: all)")
-    ap.add_argument("--jobs", type=int, default=1, help="trainings run at a time (default 1; each uses one thread)")
+    ap.add_argument("--jobs", type=int, default=1, help="trainings run at a time (default 1; each uses one thread; on 2 cores two at once each ran "
+                         "about 2x slower, so little is saved there)")
     ap.add_argument("--infidelity-samples", type=int, default=16)
     ap.add_argument("--sensitivity-samples", type=int, default=10)
     ap.add_argument("--bootstrap", type=int, default=10_000, help="bootstrap draws of every interval (default 10000)")
