@@ -178,3 +178,20 @@ def test_cost_estimate_of_the_full_study(study):
     assert one["training"] == pytest.approx(2 * sum(seconds) / 60, abs=0.1)
     assert two["training"] == pytest.approx(sum(seconds) / 60, abs=0.1)  # 6 trainings on 2 workers: balanced
     assert one["metrics"] == pytest.approx(3 * 3 * 12 * study.EVAL_SECONDS_PER_MODEL_IMAGE / 60, abs=0.1)
+
+
+def test_cached_results_keep_the_seconds_they_cost(study, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "COMPUTE_SECONDS", {})
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"value": len(calls)}
+
+    assert study.cached(tmp_path, "k", compute, part="metrics") == {"value": 1}
+    first = study.COMPUTE_SECONDS["metrics"]
+    assert study.cached(tmp_path, "k", compute, part="metrics") == {"value": 1} and len(calls) == 1
+    assert study.COMPUTE_SECONDS["metrics"] == pytest.approx(2 * first)  # a reused part counts what it cost
+    study.torch.save({"value": "bare"}, tmp_path / "old.pt")  # a result stored before the timing: recomputed once
+    assert study.cached(tmp_path, "old", compute, part="metrics") == {"value": 2}
+    assert study.cached(tmp_path, "old", compute, part="metrics") == {"value": 2} and len(calls) == 2
