@@ -176,7 +176,9 @@ def cached(cache: Path | None, key: str, compute, part: str = "other"):
     COMPUTE_SECONDS[part] = COMPUTE_SECONDS.get(part, 0.0) + seconds
     if path is not None:  # results of runs before the timing (a bare result) are recomputed once, then timed
         cache.mkdir(parents=True, exist_ok=True)
-        torch.save({"format": "timed", "value": result, "seconds": seconds}, path)
+        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # a reader never sees half a file
+        torch.save({"format": "timed", "value": result, "seconds": seconds}, partial)
+        os.replace(partial, path)
     return result
 
 
