@@ -58,11 +58,10 @@ after Holm in every seed with one sign. The randomisation runs for every trainin
 (``--randomisation-seeds``).
 
 Cost on 2 cores (one torch thread): a full run prints its estimate first (:func:`cost_estimate`) from
-the shipped trainings' measured times (``docs/training_metrics.json``: 5.6, 10.7 and 12.6 min), 45 s per
-model and image for the metrics (docs/paper_study.md's run: 9.0 min for 3 models × 4 images; an upper
-bound, the 96 × 96 × 64 phantoms cost about half the sample) and 4.1 min per model and seed for the
-randomisation (:data:`RANDOMISATION_SECONDS_PER_MODEL`). For 3 seeds and 12 images: training 58 min,
-metrics 81 min, randomisation 37 min — about 3 h, one overnight run. ``--jobs 2`` would halve the
+the shipped trainings' measured times (``docs/training_metrics.json``: 5.6, 10.7 and 12.6 min), 65 s per
+model and image for the metrics (:data:`EVAL_SECONDS_PER_MODEL_IMAGE`, measured in the 3-seed run) and
+4.1 min per model and seed for the randomisation (:data:`RANDOMISATION_SECONDS_PER_MODEL`). For 3 seeds
+and 12 images: training 58 min, metrics 118 min, randomisation 37 min — about 3.5 h, one overnight run. ``--jobs 2`` would halve the
 training in theory (what the estimate assumes), but measured on the 2-core machine two trainings at
 once took 24.5 min each against 12.6 min alone: they do not run independently there, so count the
 training at 58 min either way.
@@ -83,6 +82,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
@@ -96,6 +96,7 @@ from esegeta_monai.monai.bundle import load_bundle  # noqa: E402
 from training.phantoms import label_path_for, write_sample  # noqa: E402
 from training.train import dice  # noqa: E402
 from esegeta_monai.explainer import Explainer  # noqa: E402
+from esegeta_monai.jobs.atomic import atomic_path, atomic_write_text  # noqa: E402
 from esegeta_monai.evaluation import infidelity, sensitivity  # noqa: E402
 from esegeta_monai.evaluation.statistics import bootstrap_ci, holm, min_attainable_p, paired_comparison  # noqa: E402
 from esegeta_monai.evaluation.randomisation import TARGET_REGIONS, explainer_randomisation  # noqa: E402
@@ -155,31 +156,29 @@ def _digest(*parts) -> str:
 
 
 #: seconds spent computing each part, whichever run computed it: ``{part: seconds}`` (see :func:`cached`)
-COMPUTE_SECONDS: dict[str, float] = {}
+COMPUTE_SECONDS: defaultdict[str, float] = defaultdict(float)
 
 
 def cached(cache: Path | None, key: str, compute, part: str = "other"):
     """``compute()``, or its result stored under ``cache/key.pt`` by an earlier run (``--cache``).
 
-    The seconds ``compute()`` took are stored with the result and added to ``COMPUTE_SECONDS[part]``
-    whether this run computed it or an earlier one did, so a resumed study still reports its whole cost.
+    The seconds ``compute()`` took are stored with the result (written atomically, so a second
+    process sharing the cache never reads half a file) and added to ``COMPUTE_SECONDS[part]``
+    whether this run computed it or an earlier one did, so a resumed study reports its whole cost.
+    A result stored without its seconds (before the timing) is computed once more.
     """
     path = None if cache is None else cache / f"{key}.pt"
-    if path is not None and path.is_file():
-        stored = torch.load(path, weights_only=False)
-        if isinstance(stored, dict) and stored.get("format") == "timed":
-            COMPUTE_SECONDS[part] = COMPUTE_SECONDS.get(part, 0.0) + stored["seconds"]
-            return stored["value"]
-    t0 = time.monotonic()
-    result = compute()
-    seconds = time.monotonic() - t0
-    COMPUTE_SECONDS[part] = COMPUTE_SECONDS.get(part, 0.0) + seconds
-    if path is not None:  # results of runs before the timing (a bare result) are recomputed once, then timed
-        cache.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f".{path.name}.{os.getpid()}.partial")  # a reader never sees half a file
-        torch.save({"format": "timed", "value": result, "seconds": seconds}, partial)
-        os.replace(partial, path)
-    return result
+    stored = torch.load(path, weights_only=False) if path is not None and path.is_file() else None
+    if not (isinstance(stored, dict) and stored.get("format") == "timed"):
+        t0 = time.monotonic()
+        value = compute()
+        stored = {"format": "timed", "value": value, "seconds": time.monotonic() - t0}
+        if path is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as partial:
+                torch.save(stored, partial)
+    COMPUTE_SECONDS[part] += stored["seconds"]
+    return stored["value"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,9 +192,10 @@ QUICK_TRAINING = {
     "training": {"iterations": 6, "batch_size": 2, "patch_size": [32, 32, 32], "log_every": 3},
     "sample": {"shape": [48, 48, 32]},
 }
-#: measured cost of the evaluation, for the estimate printed before a full run: docs/paper_study.md's
-#: run (9.0 min for 3 models x 4 images, with the one-region randomisation of then: an upper bound)
-EVAL_SECONDS_PER_MODEL_IMAGE = 9.0 * 60 / 12
+#: measured cost of the metrics per model and image, for the estimate printed before a full run: in
+#: docs/paper_study.md's 3-seed run, UNet MSS on its 12 images with nothing else running took 125 s for the
+#: bundle sample and 55.8-63.3 s per phantom (the seconds stored with each cached result): 785 s / 12
+EVAL_SECONDS_PER_MODEL_IMAGE = 785 / 12
 #: measured cost of the cascading randomisation of the bundle sample, per model (3 methods x 2 target regions
 #: x 24 maps): one guided-backpropagation curve of UNet MSS + deformation took 35.3 s (region fixed) and 47.3 s
 #: (recomputed) on 1 thread of the 2-core machine (shared), so 3 x 82.6 s
@@ -302,7 +302,7 @@ def _train_copy(task: dict, log) -> float:
         tail = log_path.read_text()[-2000:]
         raise RuntimeError(f"training of {task['folder']} failed (exit {done.returncode}):\n{tail}")
     seconds = time.monotonic() - t0
-    (task["folder"] / "docs" / "study_training.json").write_text(json.dumps(
+    atomic_write_text(task["folder"] / "docs" / "study_training.json", json.dumps(
         {"seed": task["config"]["seed"], "k": task["k"], "seconds": round(seconds, 1), "command": " ".join(command[1:])}) + "\n")
     log(f"trained {task['folder'].name} in {seconds / 60:.1f} min")
     return seconds
@@ -909,7 +909,7 @@ for **{robust_holds} of {len(METHODS)}** methods. Over the four tables, {sum(bey
 
 """
     text += discussion(rows, info, stats)
-    path.write_text(text)
+    atomic_write_text(path, text)
 
 
 def randomisation_seed_table(curves_by_seed: dict) -> str:
@@ -1186,7 +1186,7 @@ def main(argv=None) -> int:
     record = {"info": info, "rows": rows, "statistics": stats,
               "randomisation": {str(k): {key: v["steps"] for key, v in curves.items()} for k, curves in curves_by_seed.items()},
               "ordering": {key: ordering(rows, key) for key in ("infidelity", "sensitivity", "relative_infidelity")}}
-    (docs / "paper_study.json").write_text(json.dumps(record, indent=1) + "\n")
+    atomic_write_text(docs / "paper_study.json", json.dumps(record, indent=1) + "\n")
     write_markdown(docs / "paper_study.md", rows, curves_by_seed, figs, info, stats)
     for fig in figs:
         log(f"wrote {fig} ({fig.stat().st_size // 1024} KB)")

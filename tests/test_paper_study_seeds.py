@@ -181,7 +181,7 @@ def test_cost_estimate_of_the_full_study(study):
 
 
 def test_cached_results_keep_the_seconds_they_cost(study, tmp_path, monkeypatch):
-    monkeypatch.setattr(study, "COMPUTE_SECONDS", {})
+    monkeypatch.setattr(study, "COMPUTE_SECONDS", study.defaultdict(float))
     calls = []
 
     def compute():
